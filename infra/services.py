@@ -1,0 +1,513 @@
+"""The five native services of the local stack: how to build, start, check and provision each.
+
+Every service listens on 127.0.0.1 only. Ports and credentials come from Settings, so the same
+values work with ``infra/docker-compose.yml``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+from tasks.settings import Settings, env_key
+
+INFRA = Path(__file__).resolve().parent
+JAVA_OPTS = ["-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true"]
+
+Reporter = Callable[[str], None]
+
+
+class BuildError(RuntimeError):
+    """A download or build step failed; the message says which and where its log is."""
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def run_logged(command: list[str], log: Path, cwd: Path | None = None, env: dict[str, str] | None = None, what: str = "") -> None:
+    """Run a build step, its output in ``log``; raise BuildError naming the log on failure."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        out.write(f"\n$ {' '.join(command)}\n".encode())
+        out.flush()
+        result = subprocess.run(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        tail = log.read_text(errors="replace").splitlines()[-5:]
+        raise BuildError(f"{what or command[0]} failed (exit {result.returncode}); see {log}: " + " | ".join(tail))
+
+
+def _fingerprint(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class Service:
+    """One native service. Subclasses fill in the hooks."""
+
+    name = ""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    # -- layout in the state folder --------------------------------------------------------
+    @property
+    def state(self) -> Path:
+        return self.settings.state_dir
+
+    @property
+    def data_dir(self) -> Path:
+        return self.state / "data" / self.name
+
+    @property
+    def log_path(self) -> Path:
+        return self.state / "logs" / f"{self.name}.log"
+
+    @property
+    def build_log(self) -> Path:
+        return self.state / "logs" / f"{self.name}-build.log"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.state / "run" / f"{self.name}.pid"
+
+    # -- hooks -------------------------------------------------------------------------------
+    def address(self) -> str:
+        raise NotImplementedError
+
+    def ports(self) -> dict[int, str]:
+        """Every port the service listens on, with the settings key that chooses it."""
+        raise NotImplementedError
+
+    def is_built(self) -> bool:
+        return True
+
+    def build(self, report: Reporter) -> None:
+        """Download or build what the service needs; cached across runs."""
+
+    def initialise(self) -> None:
+        """One-time set-up before the first start (formatting storage, writing config)."""
+
+    def launch(self) -> tuple[list[str], dict[str, str]]:
+        raise NotImplementedError
+
+    def check_health(self) -> str | None:
+        """None when healthy, else what is wrong. A protocol-level check, not an open port."""
+        raise NotImplementedError
+
+    def provision(self) -> list[str]:
+        """Idempotent post-start set-up (topics, buckets, namespaces); returns what it created."""
+        return []
+
+    # -- shared helpers ----------------------------------------------------------------------
+    def base_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_")}
+        return env
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parsed = urlparse(url if "://" in url else f"tcp://{url}")
+    return parsed.hostname or "127.0.0.1", parsed.port or 80
+
+
+def _maven_copy(pom: Path, lib: Path, log: Path, what: str) -> None:
+    """Resolve the pom's runtime jars from Maven Central into ``lib``, once per pom content."""
+    marker = lib / ".pom-fingerprint"
+    if marker.exists() and marker.read_text() == _fingerprint(pom):
+        return
+    if shutil.which("mvn") is None:
+        raise BuildError(f"{what}: Maven (mvn) is not installed; install it (apt-get install maven)")
+    if lib.exists():
+        shutil.rmtree(lib)
+    lib.mkdir(parents=True)
+    run_logged(
+        ["mvn", "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
+         f"-DoutputDirectory={lib}", "-DincludeScope=runtime"],
+        log,
+        what=f"{what} download (Maven)",
+    )
+    marker.write_text(_fingerprint(pom))
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").exists():
+        return str(Path(java_home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise BuildError("java is not installed; Kafka and the Iceberg REST catalog need Java 17+")
+    return java
+
+
+# ---------------------------------------------------------------------------------------------
+class SeaweedFS(Service):
+    """S3 API from SeaweedFS ``weed mini``, built from the Go module proxy."""
+
+    name = "seaweedfs"
+
+    @property
+    def binary(self) -> Path:
+        return self.state / "bin" / "weed"
+
+    def address(self) -> str:
+        host, port = _host_port(self.settings.s3_endpoint or "")
+        return f"{host}:{port}"
+
+    def ports(self) -> dict[int, str]:
+        _, port = _host_port(self.settings.s3_endpoint or "")
+        return {port: env_key("s3_endpoint")}
+
+    def is_built(self) -> bool:
+        marker = self.binary.with_suffix(".fingerprint")
+        return self.binary.exists() and marker.exists() and marker.read_text() == self._fingerprint()
+
+    def _fingerprint(self) -> str:
+        return _fingerprint(INFRA / "seaweedfs" / "go.mod", INFRA / "seaweedfs" / "go.sum")
+
+    def build(self, report: Reporter) -> None:
+        if self.is_built():
+            return
+        if shutil.which("go") is None and not Path("/usr/local/go/bin/go").exists():
+            raise BuildError("seaweedfs: Go is not installed; it is built with the go toolchain")
+        go = shutil.which("go") or "/usr/local/go/bin/go"
+        report("building SeaweedFS from the Go module proxy (first run only, a few minutes)")
+        self.binary.parent.mkdir(parents=True, exist_ok=True)
+        run_logged(
+            [go, "build", "-p", "2", "-trimpath", "-ldflags=-s -w", "-o", str(self.binary),
+             "github.com/seaweedfs/seaweedfs/weed"],
+            self.build_log,
+            cwd=INFRA / "seaweedfs",
+            env={**os.environ, "GOFLAGS": "-mod=mod"},
+            what="SeaweedFS build",
+        )
+        self.binary.with_suffix(".fingerprint").write_text(self._fingerprint())
+
+    def _identities(self) -> Path:
+        s = self.settings
+        config = {
+            "identities": [
+                {
+                    "name": "lakehouse",
+                    "credentials": [
+                        {
+                            "accessKey": s.s3_access_key_id,
+                            "secretKey": s.s3_secret_access_key.get_secret_value() if s.s3_secret_access_key else "",
+                        }
+                    ],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        path = self.state / "run" / "seaweedfs-s3.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=2))
+        path.chmod(0o600)
+        return path
+
+    def launch(self) -> tuple[list[str], dict[str, str]]:
+        host, port = _host_port(self.settings.s3_endpoint or "")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        command = [str(self.binary), *SEAWEEDFS_ARGS(host, port, self.data_dir, self._identities())]
+        env = {**self.base_env(), "GOMEMLIMIT": "384MiB"}
+        return command, env
+
+    def check_health(self) -> str | None:
+        from tasks.catalog import s3_client
+
+        try:
+            s3_client(self.settings).list_buckets()
+            return None
+        except Exception as exc:  # noqa: BLE001 - reported as the problem
+            return f"S3 ListBuckets failed: {type(exc).__name__}: {str(exc)[:120]}"
+
+    def provision(self) -> list[str]:
+        from tasks.catalog import ensure_buckets
+
+        return [f"bucket {b}" for b in ensure_buckets(self.settings)]
+
+
+def SEAWEEDFS_ARGS(host: str, port: int, data_dir: Path, identities: Path) -> list[str]:  # noqa: N802
+    """The ``weed mini`` command line; filled in from the SeaweedFS build notes."""
+    return [
+        "mini",
+        f"-dir={data_dir}",
+        f"-ip={host}",
+        f"-ip.bind={host}",
+        f"-s3.port={port}",
+        f"-s3.config={identities}",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+class Kafka(Service):
+    """A single combined KRaft broker and controller, from Maven Central jars."""
+
+    name = "kafka"
+
+    @property
+    def lib(self) -> Path:
+        return self.state / "lib" / "kafka"
+
+    def address(self) -> str:
+        return self.settings.kafka_bootstrap.split(",")[0]
+
+    def ports(self) -> dict[int, str]:
+        _, port = _host_port(self.address())
+        return {port: env_key("kafka_bootstrap"), self.settings.kafka_controller_port: env_key("kafka_controller_port")}
+
+    def is_built(self) -> bool:
+        marker = self.lib / ".pom-fingerprint"
+        return marker.exists() and marker.read_text() == _fingerprint(INFRA / "kafka" / "pom.xml")
+
+    def build(self, report: Reporter) -> None:
+        if not self.is_built():
+            report("downloading Kafka jars from Maven Central (first run only)")
+            _maven_copy(INFRA / "kafka" / "pom.xml", self.lib, self.build_log, "Kafka")
+
+    @property
+    def properties_path(self) -> Path:
+        return self.state / "run" / "kafka-server.properties"
+
+    def _write_properties(self) -> None:
+        host, port = _host_port(self.address())
+        template = (INFRA / "kafka" / "server.properties").read_text()
+        text = template.format(
+            host=host,
+            port=port,
+            controller_port=self.settings.kafka_controller_port,
+            log_dirs=self.data_dir,
+            partitions=self.settings.kafka_partitions,
+        )
+        self.properties_path.parent.mkdir(parents=True, exist_ok=True)
+        self.properties_path.write_text(text)
+
+    def initialise(self) -> None:
+        self._write_properties()
+        if (self.data_dir / "meta.properties").exists():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cluster_id = _kafka_cluster_id()
+        run_logged(
+            [_java(), "-Xmx256m", *JAVA_OPTS, "-cp", f"{self.lib}/*", "kafka.tools.StorageTool", "format",
+             "--standalone", "-t", cluster_id, "-c", str(self.properties_path)],
+            self.build_log,
+            what="Kafka storage format",
+        )
+
+    def launch(self) -> tuple[list[str], dict[str, str]]:
+        command = [
+            _java(), "-Xms128m", "-Xmx512m", *JAVA_OPTS,
+            f"-Dlog4j2.configurationFile={INFRA / 'kafka' / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={self.state / 'logs'}",
+            "-cp", f"{self.lib}/*", "kafka.Kafka", str(self.properties_path),
+        ]
+        return command, self.base_env()
+
+    def check_health(self) -> str | None:
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap, "socket.timeout.ms": 2000})
+            metadata = admin.list_topics(timeout=3)
+            return None if metadata.brokers else "no broker in cluster metadata"
+        except Exception as exc:  # noqa: BLE001
+            return f"metadata request failed: {str(exc)[:120]}"
+
+    def provision(self) -> list[str]:
+        from tasks.kafka import ensure_topic
+
+        return [f"topic {t}" for t in ensure_topic(self.settings)]
+
+
+def _kafka_cluster_id() -> str:
+    """A random base64url UUID, the format ``kafka-storage random-uuid`` prints."""
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+# ---------------------------------------------------------------------------------------------
+class IcebergRest(Service):
+    """Apache Iceberg's REST catalog server (the iceberg-rest-fixture), JDBC on SQLite, S3FileIO."""
+
+    name = "iceberg-rest"
+
+    @property
+    def lib(self) -> Path:
+        return self.state / "lib" / "iceberg-rest"
+
+    def address(self) -> str:
+        host, port = _host_port(self.settings.catalog_uri or "")
+        return f"{host}:{port}"
+
+    def ports(self) -> dict[int, str]:
+        _, port = _host_port(self.settings.catalog_uri or "")
+        return {port: env_key("catalog_uri")}
+
+    def is_built(self) -> bool:
+        marker = self.lib / ".pom-fingerprint"
+        return marker.exists() and marker.read_text() == _fingerprint(INFRA / "iceberg-rest" / "pom.xml")
+
+    def build(self, report: Reporter) -> None:
+        if not self.is_built():
+            report("downloading the Iceberg REST catalog from Maven Central (first run only)")
+            _maven_copy(INFRA / "iceberg-rest" / "pom.xml", self.lib, self.build_log, "Iceberg REST catalog")
+
+    def launch(self) -> tuple[list[str], dict[str, str]]:
+        s = self.settings
+        host, port = _host_port(s.catalog_uri or "")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        secret = s.s3_secret_access_key.get_secret_value() if s.s3_secret_access_key else ""
+        env = {
+            **self.base_env(),
+            "REST_PORT": str(port),
+            "CATALOG_URI": f"jdbc:sqlite:file:{self.data_dir / 'catalog.db'}",
+            "CATALOG_JDBC_USER": "lakehouse",
+            "CATALOG_JDBC_PASSWORD": "lakehouse",
+            "CATALOG_WAREHOUSE": f"s3://{s.bucket('bronze')}/warehouse",
+            "CATALOG_IO__IMPL": "org.apache.iceberg.aws.s3.S3FileIO",
+            "CATALOG_S3_ENDPOINT": s.s3_endpoint or "",
+            "CATALOG_S3_PATH__STYLE__ACCESS": str(s.s3_path_style).lower(),
+            "CATALOG_CLIENT_REGION": s.s3_region,
+            "AWS_REGION": s.s3_region,
+            "AWS_ACCESS_KEY_ID": s.s3_access_key_id or "",
+            "AWS_SECRET_ACCESS_KEY": secret,
+        }
+        command = [_java(), "-Xms64m", "-Xmx384m", *JAVA_OPTS, "-cp", f"{self.lib}/*",
+                   "org.apache.iceberg.rest.RESTCatalogServer"]
+        return command, env
+
+    def check_health(self) -> str | None:
+        try:
+            status, body = http_get(f"{self.settings.catalog_uri}/v1/config")
+        except OSError as exc:
+            return f"GET /v1/config failed: {exc}"
+        if status != 200:
+            return f"GET /v1/config answered HTTP {status}"
+        try:
+            json.loads(body)
+        except ValueError:
+            return "GET /v1/config did not answer JSON"
+        return None
+
+    def provision(self) -> list[str]:
+        from tasks.catalog import ensure_namespaces, open_catalog
+
+        return [f"namespace {n}" for n in ensure_namespaces(open_catalog(self.settings), self.settings)]
+
+
+# ---------------------------------------------------------------------------------------------
+class PrefectServer(Service):
+    """``prefect server start`` with its home (SQLite database) inside the state folder."""
+
+    name = "prefect"
+
+    def address(self) -> str:
+        host, port = _host_port(self.settings.prefect_api_url)
+        return f"{host}:{port}"
+
+    def ports(self) -> dict[int, str]:
+        _, port = _host_port(self.settings.prefect_api_url)
+        return {port: env_key("prefect_api_url")}
+
+    def launch(self) -> tuple[list[str], dict[str, str]]:
+        host, port = _host_port(self.settings.prefect_api_url)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **self.base_env(),
+            **prefect_env(self.settings),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_API_URL": self.settings.prefect_api_url,
+        }
+        prefect = str(Path(sys.executable).with_name("prefect"))
+        return [prefect, "server", "start", "--host", host, "--port", str(port), "--analytics-off"], env
+
+    def check_health(self) -> str | None:
+        try:
+            status, body = http_get(f"{self.settings.prefect_api_url}/health")
+        except OSError as exc:
+            return f"GET /api/health failed: {exc}"
+        return None if status == 200 and body.strip() == b"true" else f"GET /api/health answered {status} {body[:60]!r}"
+
+
+def prefect_env(settings: Settings) -> dict[str, str]:
+    """Environment every Prefect client and the server share."""
+    return {
+        "PREFECT_HOME": str(settings.state_dir / "data" / "prefect"),
+        "PREFECT_API_URL": settings.prefect_api_url,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+class RayHead(Service):
+    """``ray start --head --block`` with a capped object store, no dashboard, token auth."""
+
+    name = "ray"
+
+    def address(self) -> str:
+        return f"127.0.0.1:{self.settings.ray_port}"
+
+    def ports(self) -> dict[int, str]:
+        return {self.settings.ray_port: env_key("ray_port")}
+
+    def launch(self) -> tuple[list[str], dict[str, str]]:
+        s = self.settings
+        ray = str(Path(sys.executable).with_name("ray"))
+        command = [
+            ray, "start", "--head", "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={s.ray_port}",
+            f"--object-store-memory={s.ray_object_store_mb * 1024 * 1024}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            "--num-cpus=2",
+        ]
+        return command, {**self.base_env(), **ray_env(s), "RAY_USAGE_STATS_ENABLED": "0"}
+
+    def check_health(self) -> str | None:
+        ray = str(Path(sys.executable).with_name("ray"))
+        result = subprocess.run(
+            [ray, "health-check", f"--address=127.0.0.1:{self.settings.ray_port}"],
+            env={**self.base_env(), **ray_env(self.settings)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if result.returncode == 0:
+            return None
+        return "GCS health check failed: " + (result.stderr.strip().splitlines() or ["no output"])[-1][:120]
+
+
+def ray_env(settings: Settings) -> dict[str, str]:
+    """RAY_AUTH_* for the head and every client: the same mode and the same token file."""
+    env = {"RAY_AUTH_MODE": settings.ray_auth_mode}
+    if settings.ray_auth_mode == "token":
+        token = settings.state_dir / "run" / "ray-auth-token"
+        if not token.exists():
+            token.parent.mkdir(parents=True, exist_ok=True)
+            token.write_text(secrets.token_hex(32))
+            token.chmod(0o600)
+        env["RAY_AUTH_TOKEN_PATH"] = str(token)
+    return env
+
+
+def all_services(settings: Settings) -> list[Service]:
+    """In start order: storage before the catalog that writes to it."""
+    return [cls(settings) for cls in (SeaweedFS, Kafka, IcebergRest, PrefectServer, RayHead)]

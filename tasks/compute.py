@@ -1,0 +1,48 @@
+"""Where Daft runs: on the Ray head of the stack, on Ray in-process, or on Daft's native runner.
+
+The same job code runs on a laptop and on a Ray cluster; only this switch differs.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tasks.settings import Settings
+
+_configured: str | None = None
+
+
+def ray_client_env(settings: Settings) -> dict[str, str]:
+    """RAY_AUTH_* that must match the head's (see infra/services.ray_env)."""
+    env = {"RAY_AUTH_MODE": settings.ray_auth_mode}
+    token = settings.state_dir / "run" / "ray-auth-token"
+    if settings.ray_auth_mode == "token" and token.exists():
+        env["RAY_AUTH_TOKEN_PATH"] = str(token)
+    return env
+
+
+def use_ray(settings: Settings) -> str:
+    """Point Daft at Ray once per process: ``auto`` joins the head, empty starts Ray in-process.
+
+    Returns the runner in use. Daft allows the runner to be set only once per process, so a
+    second call is a no-op.
+    """
+    global _configured
+    if _configured is not None:
+        return _configured
+    if settings.ray_address:
+        os.environ.update(ray_client_env(settings))  # before ray is imported: it reads them once
+    import daft
+    import ray
+
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, ignore_reinit_error=True, log_to_driver=False)
+        daft.set_runner_ray(address=settings.ray_address)
+        _configured = f"ray:{settings.ray_address}"
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
+                 num_cpus=os.cpu_count() or 2, object_store_memory=settings.ray_object_store_mb * 1024 * 1024)
+        daft.set_runner_ray()
+        _configured = "ray:in-process"
+    return _configured

@@ -1,0 +1,255 @@
+"""The one settings object of the lakehouse.
+
+Read once at startup from ``LAKEHOUSE_*`` environment variables and an optional TOML file
+(``--config`` or ``LAKEHOUSE_CONFIG``), validated, frozen, and passed down. Environment variables
+win over the file, the file wins over the profile's defaults. A bad value raises
+:class:`SettingsError`, which names the offending key; the CLI turns it into one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "LAKEHOUSE_"
+CONFIG_ENV = "LAKEHOUSE_CONFIG"
+LAYERS = ("bronze", "silver", "gold")
+
+Profile = Literal["embedded", "stack"]
+
+
+class SettingsError(ValueError):
+    """A configuration value is wrong; ``key`` is the environment variable a user would fix."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}")
+
+
+def env_key(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _check_url(value: str | None, key: str, schemes: tuple[str, ...]) -> str | None:
+    if value is None:
+        return None
+    parsed = urlparse(value)
+    if parsed.scheme not in schemes or not (parsed.netloc or parsed.scheme in ("file", "sqlite")):
+        raise ValueError(f"malformed URL {value!r}: expected {' or '.join(s + '://' for s in schemes)}...")
+    if parsed.scheme in ("http", "https"):
+        try:
+            parsed.port  # noqa: B018 - raises on a non-numeric port
+        except ValueError as exc:
+            raise ValueError(f"malformed URL {value!r}: {exc}") from None
+        if not parsed.hostname:
+            raise ValueError(f"malformed URL {value!r}: no host")
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the platform. Field ``x`` is set by ``LAKEHOUSE_X`` or key ``x`` in the file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", case_sensitive=False
+    )
+
+    profile: Profile = Field("embedded", description="embedded (SQLite catalog, file warehouse, in-process Ray) or stack (REST catalog, S3, Ray head)")
+    state_dir: Path = Field(Path(".lakehouse"), description="data, logs and pids of the local services and the embedded warehouse")
+
+    # Catalog and storage
+    catalog_name: str = Field("lakehouse", description="Iceberg catalog name")
+    catalog_type: Literal["sql", "rest"] | None = Field(None, description="sql (SQLite) or rest; default by profile")
+    catalog_uri: str | None = Field(None, description="sqlite:///... for sql, http(s)://... for rest; default by profile")
+    warehouse: str | None = Field(None, description="file:///... or s3://; where each layer's bucket lives; default by profile")
+    bucket_prefix: str = Field("lakehouse", description="layer buckets are <prefix>-bronze, -silver, -gold")
+    s3_endpoint: str | None = Field(None, description="S3 endpoint URL; empty means AWS S3; default by profile")
+    s3_region: str = Field("us-east-1", description="S3 region (always set; pyiceberg needs it)")
+    s3_access_key_id: str | None = Field(None, description="S3 access key id")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key (never logged)")
+    s3_path_style: bool = Field(True, description="path-style addressing (SeaweedFS, MinIO); false for AWS")
+
+    # Kafka
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers host:port[,host:port]")
+    kafka_controller_port: int = Field(9093, ge=1, le=65535, description="KRaft controller port of the local broker")
+    kafka_topic: str = Field("conversion-events", description="topic of the conversion events")
+    kafka_partitions: int = Field(3, ge=1, le=1000, description="partitions when the topic is created")
+
+    # Prefect and Ray
+    prefect_api_url: str = Field("http://127.0.0.1:4200/api", description="Prefect API URL")
+    ray_address: str | None = Field(None, description="'auto' joins the Ray head; empty runs Ray in-process; default by profile")
+    ray_port: int = Field(6379, ge=1, le=65535, description="GCS port of the local Ray head")
+    ray_object_store_mb: int = Field(512, ge=78, description="object store cap of the Ray head, in MB")
+    ray_auth_mode: Literal["token", "disabled"] = Field("token", description="RAY_AUTH_MODE for the head and every client")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The loader passes the file's values as init kwargs; the environment must override them.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = {k.lower(): v for k, v in data.items()}
+        profile = data.get("profile") or "embedded"
+        if profile not in ("embedded", "stack"):
+            return data  # the Literal reports it, naming the key
+        state = Path(data.get("state_dir") or ".lakehouse").expanduser().absolute()
+        data["state_dir"] = state
+        defaults: dict[str, Any]
+        if profile == "embedded":
+            defaults = {
+                "catalog_type": "sql",
+                "catalog_uri": f"sqlite:///{state / 'catalog.db'}",
+                "warehouse": (state / "warehouse").as_uri(),
+                "ray_address": "",
+            }
+        else:
+            defaults = {
+                "catalog_type": "rest",
+                "catalog_uri": "http://127.0.0.1:8181",
+                "warehouse": "s3://",
+                "s3_endpoint": "http://127.0.0.1:8333",
+                "ray_address": "auto",
+            }
+        for key, value in defaults.items():
+            if data.get(key) in (None, ""):
+                data[key] = value
+        return data
+
+    @field_validator("catalog_uri")
+    @classmethod
+    def _catalog_uri(cls, v: str | None) -> str | None:
+        return _check_url(v, "catalog_uri", ("sqlite", "http", "https", "postgresql"))
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _s3_endpoint(cls, v: str | None) -> str | None:
+        return _check_url(v or None, "s3_endpoint", ("http", "https"))
+
+    @field_validator("prefect_api_url")
+    @classmethod
+    def _prefect_url(cls, v: str) -> str:
+        return _check_url(v, "prefect_api_url", ("http", "https"))  # type: ignore[return-value]
+
+    @field_validator("warehouse")
+    @classmethod
+    def _warehouse(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        scheme = urlparse(v).scheme
+        if scheme not in ("file", "s3"):
+            raise ValueError(f"malformed URL {v!r}: expected file:///path or s3://")
+        return v.rstrip("/") if scheme == "file" else "s3://"
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, v: str) -> str:
+        for server in v.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"malformed address {server!r}: expected host:port")
+        return v
+
+    @field_validator("bucket_prefix", "catalog_name", "kafka_topic")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or not all(c.isalnum() or c in "-_." for c in v):
+            raise ValueError(f"{v!r} must be non-empty and use only letters, digits, '-', '_', '.'")
+        return v
+
+    @model_validator(mode="after")
+    def _secrets_present(self) -> "Settings":
+        if self.uses_s3:
+            if not self.s3_access_key_id:
+                raise ValueError("missing: s3_access_key_id is required when the warehouse is on S3")
+            if self.s3_secret_access_key is None or not self.s3_secret_access_key.get_secret_value():
+                raise ValueError("missing: s3_secret_access_key is required when the warehouse is on S3")
+        if self.catalog_type == "sql" and not (self.catalog_uri or "").startswith(("sqlite", "postgresql")):
+            raise ValueError("invalid: catalog_uri must be sqlite:///... when catalog_type is sql")
+        if self.catalog_type == "rest" and not (self.catalog_uri or "").startswith("http"):
+            raise ValueError("invalid: catalog_uri must be http(s)://... when catalog_type is rest")
+        return self
+
+    # ---- derived values -------------------------------------------------------------------
+
+    @property
+    def uses_s3(self) -> bool:
+        return (self.warehouse or "").startswith("s3://")
+
+    def bucket(self, layer: str) -> str:
+        if layer not in LAYERS:
+            raise ValueError(f"unknown layer {layer!r}; expected one of {LAYERS}")
+        return f"{self.bucket_prefix}-{layer}"
+
+    def layer_location(self, layer: str) -> str:
+        """Where a layer's namespace lives: its own bucket on S3, or a folder of that name."""
+        if self.uses_s3:
+            return f"s3://{self.bucket(layer)}/{layer}"
+        return f"{self.warehouse}/{self.bucket(layer)}/{layer}"
+
+    def redacted(self) -> dict[str, str]:
+        """Every setting as its environment variable, with secrets masked; safe to log."""
+        out = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "**********" if value.get_secret_value() else ""
+            out[env_key(name)] = "" if value is None else str(value)
+        return out
+
+
+def _field_from_loc(loc: tuple[Any, ...], message: str) -> str:
+    if loc:
+        return str(loc[0])
+    # model-level checks put the field name after "missing:" / "invalid:"
+    for word in message.replace(",", " ").split():
+        if word in Settings.model_fields:
+            return word
+    return "config"
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build the Settings from a TOML file, the environment and explicit overrides.
+
+    Raises SettingsError naming the key of the first bad value.
+    """
+    path = config_file or os.environ.get(CONFIG_ENV) or None
+    file_values: dict[str, Any] = {}
+    if path:
+        path = Path(path)
+        try:
+            file_values = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise SettingsError(CONFIG_ENV, f"config file {str(path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(CONFIG_ENV, f"config file {str(path)!r} is not valid TOML: {exc}") from None
+        file_values = file_values.get("lakehouse", file_values)
+        unknown = sorted(set(k.lower() for k in file_values) - set(Settings.model_fields))
+        if unknown:
+            raise SettingsError(f"{path}:{unknown[0]}", "unknown setting")
+    values = {**file_values, **overrides}
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        field = _field_from_loc(tuple(err.get("loc") or ()), msg)
+        if err.get("type") == "literal_error" and "input" in err:
+            msg = f"{err['input']!r} is not allowed; {msg.lower()}"
+        raise SettingsError(env_key(field) if field in Settings.model_fields else field, msg) from None

@@ -1,0 +1,34 @@
+"""Shared fixtures. ``stack_settings`` brings the real local stack up once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STACK_CONFIG = ROOT / "infra" / "stack.toml"
+
+
+def stack_environment() -> dict[str, str]:
+    """The environment a `lakehouse` subprocess needs to talk to the local stack."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_")}
+    env["LAKEHOUSE_CONFIG"] = str(STACK_CONFIG)
+    env["LAKEHOUSE_STATE_DIR"] = str(ROOT / ".lakehouse")
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack_settings():
+    """Settings of the real stack, started (and later stopped) by the suite if it is not up."""
+    from infra.stack import Stack
+    from tasks.settings import load_settings
+
+    settings = load_settings(STACK_CONFIG, state_dir=str(ROOT / ".lakehouse"))
+    stack = Stack(settings)
+    was_up = all(s.healthy for s in stack.status())
+    stack.up()
+    yield settings
+    if not was_up and not os.environ.get("LAKEHOUSE_KEEP_STACK"):
+        stack.down()

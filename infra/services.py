@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 from tasks.settings import Settings, env_key
 
 INFRA = Path(__file__).resolve().parent
+LOOPBACK_LAUNCHER = INFRA / "iceberg-rest" / "LoopbackRESTCatalogServer.java"
 JAVA_OPTS = ["-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true"]
 
 Reporter = Callable[[str], None]
@@ -194,7 +195,7 @@ class SeaweedFS(Service):
              "github.com/seaweedfs/seaweedfs/weed"],
             self.build_log,
             cwd=INFRA / "seaweedfs",
-            env={**os.environ, "GOFLAGS": "-mod=mod"},
+            env={k: v for k, v in os.environ.items() if not k.startswith("WEED_")},
             what="SeaweedFS build",
         )
         self.binary.with_suffix(".fingerprint").write_text(self._fingerprint())
@@ -225,7 +226,10 @@ class SeaweedFS(Service):
         host, port = _host_port(self.settings.s3_endpoint or "")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [str(self.binary), *SEAWEEDFS_ARGS(host, port, self.data_dir, self._identities())]
-        env = {**self.base_env(), "GOMEMLIMIT": "384MiB"}
+        # weed reads filer.toml/security.toml from its working directory: run it in its data dir.
+        # WEED_* variables would override the filer store; GOMEMLIMIT keeps the GC within budget.
+        env = {k: v for k, v in self.base_env().items() if not k.startswith("WEED_")}
+        env["GOMEMLIMIT"] = "512MiB"
         return command, env
 
     def check_health(self) -> str | None:
@@ -244,14 +248,25 @@ class SeaweedFS(Service):
 
 
 def SEAWEEDFS_ARGS(host: str, port: int, data_dir: Path, identities: Path) -> list[str]:  # noqa: N802
-    """The ``weed mini`` command line; filled in from the SeaweedFS build notes."""
+    """The ``weed mini`` command line: every HTTP port pinned (defaults silently move when taken),
+    and the extras that would clash or phone home switched off: Iceberg (8181, our catalog's
+    port), Lance, WebDAV, the admin UI and telemetry."""
     return [
         "mini",
         f"-dir={data_dir}",
         f"-ip={host}",
         f"-ip.bind={host}",
+        "-master.port=9333",
+        "-volume.port=9340",
+        "-filer.port=8888",
         f"-s3.port={port}",
         f"-s3.config={identities}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-webdav=false",
+        "-admin.ui=false",
+        "-admin.port.legacy=0",
+        "-master.telemetry=false",
     ]
 
 
@@ -305,20 +320,26 @@ class Kafka(Service):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cluster_id = _kafka_cluster_id()
         run_logged(
-            [_java(), "-Xmx256m", *JAVA_OPTS, "-cp", f"{self.lib}/*", "kafka.tools.StorageTool", "format",
-             "--standalone", "-t", cluster_id, "-c", str(self.properties_path)],
+            [_java(), "-Xmx128m", *JAVA_OPTS, *self._logging_flags(), "-cp", f"{self.lib}/*",
+             "kafka.tools.StorageTool", "format", "--standalone",
+             # one token: a random id may start with '-'
+             f"--cluster-id={cluster_id}", "-c", str(self.properties_path)],
             self.build_log,
             what="Kafka storage format",
         )
 
     def launch(self) -> tuple[list[str], dict[str, str]]:
         command = [
-            _java(), "-Xms128m", "-Xmx512m", *JAVA_OPTS,
-            f"-Dlog4j2.configurationFile={INFRA / 'kafka' / 'log4j2.properties'}",
-            f"-Dkafka.logs.dir={self.state / 'logs'}",
+            _java(), "-Xms128m", "-Xmx512m", *JAVA_OPTS, *self._logging_flags(),
             "-cp", f"{self.lib}/*", "kafka.Kafka", str(self.properties_path),
         ]
         return command, self.base_env()
+
+    def _logging_flags(self) -> list[str]:
+        return [
+            f"-Dlog4j2.configurationFile={INFRA / 'kafka' / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={self.state / 'logs' / 'kafka'}",
+        ]
 
     def check_health(self) -> str | None:
         from confluent_kafka.admin import AdminClient
@@ -361,14 +382,33 @@ class IcebergRest(Service):
         _, port = _host_port(self.settings.catalog_uri or "")
         return {port: env_key("catalog_uri")}
 
+    @property
+    def launcher_dir(self) -> Path:
+        return self.state / "lib" / "iceberg-rest-launcher"
+
     def is_built(self) -> bool:
         marker = self.lib / ".pom-fingerprint"
-        return marker.exists() and marker.read_text() == _fingerprint(INFRA / "iceberg-rest" / "pom.xml")
+        launcher = self.launcher_dir / ".fingerprint"
+        return (
+            marker.exists()
+            and marker.read_text() == _fingerprint(INFRA / "iceberg-rest" / "pom.xml")
+            and launcher.exists()
+            and launcher.read_text() == _fingerprint(LOOPBACK_LAUNCHER)
+        )
 
     def build(self, report: Reporter) -> None:
-        if not self.is_built():
-            report("downloading the Iceberg REST catalog from Maven Central (first run only)")
-            _maven_copy(INFRA / "iceberg-rest" / "pom.xml", self.lib, self.build_log, "Iceberg REST catalog")
+        if self.is_built():
+            return
+        report("downloading the Iceberg REST catalog from Maven Central (first run only)")
+        _maven_copy(INFRA / "iceberg-rest" / "pom.xml", self.lib, self.build_log, "Iceberg REST catalog")
+        # The stock server binds 0.0.0.0; this small launcher binds loopback only.
+        javac = str(Path(_java()).with_name("javac"))
+        if self.launcher_dir.exists():
+            shutil.rmtree(self.launcher_dir)
+        self.launcher_dir.mkdir(parents=True)
+        run_logged([javac, "-cp", f"{self.lib}/*", "-d", str(self.launcher_dir), str(LOOPBACK_LAUNCHER)],
+                   self.build_log, what="Iceberg REST launcher compile")
+        (self.launcher_dir / ".fingerprint").write_text(_fingerprint(LOOPBACK_LAUNCHER))
 
     def launch(self) -> tuple[list[str], dict[str, str]]:
         s = self.settings
@@ -377,8 +417,11 @@ class IcebergRest(Service):
         secret = s.s3_secret_access_key.get_secret_value() if s.s3_secret_access_key else ""
         env = {
             **self.base_env(),
-            "REST_PORT": str(port),
-            "CATALOG_URI": f"jdbc:sqlite:file:{self.data_dir / 'catalog.db'}",
+            "CATALOG_REST_HOST": host,
+            "CATALOG_REST_PORT": str(port),
+            # One SQLite connection with a busy timeout: parallel commits queue instead of failing.
+            "CATALOG_URI": f"jdbc:sqlite:file:{self.data_dir / 'catalog.db'}?busy_timeout=10000",
+            "CATALOG_CLIENTS": "1",
             "CATALOG_JDBC_USER": "lakehouse",
             "CATALOG_JDBC_PASSWORD": "lakehouse",
             "CATALOG_WAREHOUSE": f"s3://{s.bucket('bronze')}/warehouse",
@@ -386,12 +429,13 @@ class IcebergRest(Service):
             "CATALOG_S3_ENDPOINT": s.s3_endpoint or "",
             "CATALOG_S3_PATH__STYLE__ACCESS": str(s.s3_path_style).lower(),
             "CATALOG_CLIENT_REGION": s.s3_region,
+            # Keys only as AWS_* variables: the server logs every CATALOG_* property at start.
             "AWS_REGION": s.s3_region,
             "AWS_ACCESS_KEY_ID": s.s3_access_key_id or "",
             "AWS_SECRET_ACCESS_KEY": secret,
         }
-        command = [_java(), "-Xms64m", "-Xmx384m", *JAVA_OPTS, "-cp", f"{self.lib}/*",
-                   "org.apache.iceberg.rest.RESTCatalogServer"]
+        command = [_java(), "-Xms64m", "-Xmx384m", *JAVA_OPTS,
+                   "-cp", f"{self.launcher_dir}:{self.lib}/*", "LoopbackRESTCatalogServer"]
         return command, env
 
     def check_health(self) -> str | None:
@@ -483,13 +527,16 @@ class RayHead(Service):
 
     def check_health(self) -> str | None:
         ray = str(Path(sys.executable).with_name("ray"))
-        result = subprocess.run(
-            [ray, "health-check", f"--address=127.0.0.1:{self.settings.ray_port}"],
-            env={**self.base_env(), **ray_env(self.settings)},
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        try:
+            result = subprocess.run(
+                [ray, "health-check", f"--address=127.0.0.1:{self.settings.ray_port}"],
+                env={**self.base_env(), **ray_env(self.settings)},
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+        except subprocess.TimeoutExpired:
+            return "GCS health check timed out after 20s"
         if result.returncode == 0:
             return None
         return "GCS health check failed: " + (result.stderr.strip().splitlines() or ["no output"])[-1][:120]

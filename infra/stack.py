@@ -79,7 +79,8 @@ class Stack:
                 raise StackError(f"{service.name}: {exc}") from None
             command, env = service.launch()
             report(service.name, "starting")
-            pid = spawn(command, env, service.log_path, pid_file)
+            service.data_dir.mkdir(parents=True, exist_ok=True)
+            pid = spawn(command, env, service.log_path, pid_file, cwd=service.data_dir)
         report(service.name, "waiting for health")
         self._wait_healthy(service, pid_file)
         created = service.provision()
@@ -114,7 +115,7 @@ class Stack:
             pid = pid_file.live_pid()
             if pid is not None:
                 report(service.name, f"stopping pid {pid}")
-                stop_session(pid)
+                stop_session(pid, timeout=30.0)
                 stopped.append(service.name)
             pid_file.remove()
         return stopped

@@ -18,7 +18,15 @@ def ensure_topic(settings: Settings, topic: str | None = None, partitions: int |
     if topic in admin.list_topics(timeout=10).topics:
         return []
     futures = admin.create_topics(
-        [NewTopic(topic, num_partitions=partitions or settings.kafka_partitions, replication_factor=1)]
+        [
+            NewTopic(
+                topic,
+                num_partitions=partitions or settings.kafka_partitions,
+                replication_factor=1,
+                # the contract allows values of several MB
+                config={"max.message.bytes": str(16 * 1024 * 1024)},
+            )
+        ]
     )
     try:
         futures[topic].result(timeout=30)

@@ -5,7 +5,12 @@ UV_VERSION := 0.13.8
 UV := python3 -m uv
 export LAKEHOUSE_CONFIG ?= infra/stack.toml
 
-.PHONY: install up down status test unit bench clean-state
+# `docker compose` without a compose package: the Compose CLI plugin is built from the pinned Go
+# module in infra/compose and found through DOCKER_CONFIG (the tests validate the Compose file).
+DOCKER_COMPOSE := .lakehouse/docker/cli-plugins/docker-compose
+export DOCKER_CONFIG := $(CURDIR)/.lakehouse/docker
+
+.PHONY: install up down status test unit bench compose
 
 install:  ## uv (if missing) and the locked Python environment
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q "uv==$(UV_VERSION)"
@@ -20,7 +25,15 @@ down: install
 status: install
 	$(UV) run lakehouse stack status
 
-test: install  ## unit, contract, integration and end-to-end tests; starts the stack itself
+compose: $(DOCKER_COMPOSE)  ## the docker compose CLI plugin (built once, ~1.5 min cold)
+
+$(DOCKER_COMPOSE): infra/compose/go.mod infra/compose/go.sum
+	cd infra/compose && v=$$(go list -m -f '{{.Version}}' github.com/docker/compose/v5) && \
+	  CGO_ENABLED=0 nice go build -p 2 -trimpath \
+	    -ldflags="-s -w -X github.com/docker/compose/v5/internal.Version=$$v" \
+	    -o $(CURDIR)/$@ github.com/docker/compose/v5/cmd
+
+test: install compose  ## unit, contract, integration and end-to-end tests; starts the stack itself
 	$(UV) run pytest
 
 unit: install  ## only the tests that need no service

@@ -101,6 +101,20 @@ def stack_up(services: list[str] = typer.Argument(None, help="only these service
     err.print(f"up in {sum(timings.values()):.1f}s", highlight=False)
 
 
+@stack_app.command("provision")
+def stack_provision(services: list[str] = typer.Argument(None, help="only these services")) -> None:
+    """Create the topic, buckets and namespaces on running services, e.g. from docker compose."""
+    from infra.stack import StackError
+
+    try:
+        created = _stack().provision(services or None)
+    except SettingsError as exc:
+        fail(str(exc), 2)
+    except StackError as exc:
+        fail(str(exc), 1)
+    out.print("created: " + (", ".join(created) if created else "nothing, all present"), highlight=False)
+
+
 @stack_app.command("down")
 def stack_down(services: list[str] = typer.Argument(None, help="only these services")) -> None:
     """Stop what `up` started (by pid and session); data stays in the state folder."""

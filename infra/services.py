@@ -345,7 +345,9 @@ class Kafka(Service):
         from confluent_kafka.admin import AdminClient
 
         try:
-            admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap, "socket.timeout.ms": 2000})
+            # log_level 0: a broker that is still starting must not flood the terminal
+            admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap, "socket.timeout.ms": 2000,
+                                 "log_level": 0})
             metadata = admin.list_topics(timeout=3)
             return None if metadata.brokers else "no broker in cluster metadata"
         except Exception as exc:  # noqa: BLE001

@@ -106,6 +106,16 @@ class Stack:
             time.sleep(1.0)
         raise StackError(f"{service.name} not healthy after {HEALTH_TIMEOUT_S:.0f}s: {problem}; see {service.log_path}")
 
+    def provision(self, names: list[str] | None = None) -> list[str]:
+        """Create topics, buckets and namespaces on services someone else runs (e.g. Compose)."""
+        created = []
+        for service in self.select(names):
+            problem = service.check_health()
+            if problem is not None:
+                raise StackError(f"{service.name} at {service.address()} is not healthy: {problem}")
+            created += service.provision()
+        return created
+
     # -- down ----------------------------------------------------------------------------------
     def down(self, names: list[str] | None = None, report: Reporter = _quiet) -> list[str]:
         """Stop what ``up`` started, by pid and session, in reverse order. Returns what it stopped."""

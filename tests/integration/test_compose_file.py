@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -13,10 +14,16 @@ from tests.conftest import ROOT
 COMPOSE = ROOT / "infra" / "docker-compose.yml"
 
 
+PLUGIN_DIR = ROOT / ".lakehouse" / "docker"  # `make compose` builds the plugin there
+
+
 @pytest.mark.skipif(shutil.which("docker") is None, reason="the docker client is not installed")
 def test_compose_config_is_valid():
+    env = dict(os.environ)
+    if (PLUGIN_DIR / "cli-plugins" / "docker-compose").exists():
+        env["DOCKER_CONFIG"] = str(PLUGIN_DIR)
     result = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
 
 

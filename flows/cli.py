@@ -18,6 +18,8 @@ stack_app = typer.Typer(no_args_is_help=True, help="The local stack: Kafka, Seaw
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the settings.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(config_app, name="config")
+run_app = typer.Typer(no_args_is_help=True, help="Run one flow in-process (Prefect logs it to its server).")
+app.add_typer(run_app, name="run")
 
 err = Console(stderr=True)
 out = Console()
@@ -138,6 +140,81 @@ def stack_status(services: list[str] = typer.Argument(None, help="only these ser
         out.print(row.line(), markup=False, highlight=False)
     if not all(r.healthy for r in rows):
         raise typer.Exit(1)
+
+
+@app.command("produce")
+def produce(
+    events: int = typer.Option(10_000, min=1, help="Kafka records to send (duplicates and malformed included)"),
+    rate: float = typer.Option(0.0, min=0, help="records per second; 0 = as fast as possible"),
+    days: int = typer.Option(7, min=1, help="span of occurred_at, ending now"),
+    seed: int = typer.Option(42, help="the same seed gives the same events"),
+    duplicate_rate: float = typer.Option(0.01, help="share re-sent later, maybe on another partition"),
+    late_rate: float = typer.Option(0.01, help="share whose occurred_at is days before the send"),
+    malformed_rate: float = typer.Option(0.001, help="share of broken records (bad JSON, wrong types, empty, multi-MB)"),
+    wrong_conversion_rate: float = typer.Option(0.0005, help="share of successful calls with a wrong answer"),
+    v2_share: float = typer.Option(0.3, help="share of schema_version 2 events"),
+    users: int = typer.Option(5000, min=1, help="size of the user population"),
+) -> None:
+    """Emulate the Roman Numeral Service: send conversion events to the Kafka topic."""
+    from datetime import datetime, timezone
+
+    from tasks.simulator import ProduceError, TrafficProfile
+    from tasks.simulator import produce as send
+
+    s = settings()
+    try:
+        profile = TrafficProfile(
+            events=events, rate=rate, days=days, seed=seed, duplicate_rate=duplicate_rate, late_rate=late_rate,
+            malformed_rate=malformed_rate, wrong_conversion_rate=wrong_conversion_rate, v2_share=v2_share,
+            users=users, end=datetime.now(timezone.utc),
+        )
+    except ValueError as exc:
+        fail(str(exc), 2)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err) as progress:
+        row = progress.add_task(f"producing to {s.kafka_topic}", total=events)
+        try:
+            report = send(s, profile, progress=lambda n: progress.update(row, completed=n))
+        except ProduceError as exc:
+            fail(str(exc), 1)
+    out.print(
+        f"sent {report.events} records ({report.bytes / 1e6:.1f} MB) to {report.topic} in {report.seconds:.1f}s: "
+        f"{report.rate:,.0f} records/s; kinds {report.per_kind}",
+        highlight=False,
+    )
+
+
+@run_app.command("ingest")
+def run_ingest(
+    max_records: Optional[int] = typer.Option(None, min=1, help="records per batch (default LAKEHOUSE_INGEST_MAX_RECORDS)"),
+    max_bytes: Optional[int] = typer.Option(None, min=1024, help="bytes per batch (default LAKEHOUSE_INGEST_MAX_BYTES)"),
+    max_seconds: Optional[float] = typer.Option(None, min=0.1, help="seconds per batch (default LAKEHOUSE_INGEST_MAX_SECONDS)"),
+    until_caught_up: bool = typer.Option(False, "--until-caught-up", help="repeat batches until no lag is left"),
+    crash_at: Optional[str] = typer.Option(None, hidden=True, help="test only: SIGKILL at this point"),
+) -> None:
+    """One Kafka → bronze micro-batch (or several, with --until-caught-up), exactly once."""
+    from flows.ingest import ingest_flow
+    from tasks.commits import OffsetsMovedError
+
+    s = settings()
+    _prefect_client_env(s)
+    while True:
+        try:
+            report = ingest_flow(max_records=max_records, max_bytes=max_bytes, max_seconds=max_seconds,
+                                 settings=s, crash_at=crash_at)
+        except OffsetsMovedError as exc:
+            fail(f"another ingest run committed first; rerun to continue ({exc})", 3)
+        out.print_json(json.dumps(report))
+        if not until_caught_up or report["lag_left"] == 0 or report["records"] == 0:
+            break
+
+
+def _prefect_client_env(s: Settings) -> None:
+    """Flows run in this process talk to the configured Prefect server (set before Prefect reads it)."""
+    import os
+
+    from infra.services import prefect_env
+
+    os.environ.update({k: v for k, v in prefect_env(s).items() if k == "PREFECT_API_URL"})
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m flows.cli`

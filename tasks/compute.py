@@ -46,3 +46,17 @@ def use_ray(settings: Settings) -> str:
         daft.set_runner_ray()
         _configured = "ray:in-process"
     return _configured
+
+
+def map_on_ray(fn, items: list, *args, num_cpus: float = 0.25) -> list:
+    """Run ``fn(item, *args)`` for every item as Ray tasks and return results in item order.
+
+    Fractional CPUs: the Kafka readers mostly wait on the network, so all partitions run at once.
+    """
+    import ray
+
+    if not items:
+        return []
+    remote = ray.remote(num_cpus=num_cpus, max_retries=0)(fn)
+    shared = [ray.put(a) for a in args] if args else []
+    return ray.get([remote.remote(item, *shared) for item in items])

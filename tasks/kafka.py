@@ -1,10 +1,18 @@
-"""Kafka access: topic administration (and, with the ingest issue, the micro-batch reader)."""
+"""Kafka access: topic administration, watermarks, the per-partition micro-batch reader."""
 
 from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from tasks.settings import Settings
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def admin_client(settings: Settings) -> AdminClient:
@@ -35,3 +43,125 @@ def ensure_topic(settings: Settings, topic: str | None = None, partitions: int |
             raise
         return []
     return [topic]
+
+
+# ---- the micro-batch reader ---------------------------------------------------------------------
+
+def consumer_config(bootstrap: str, group: str | None = None) -> dict:
+    """Consumer settings for reading by explicit assignment: no auto-commit, room for multi-MB values."""
+    config = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group or "lakehouse-reader",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": False,
+        "auto.offset.reset": "earliest",
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        "queued.max.messages.kbytes": 65536,
+        "log_level": 3,
+    }
+    return config
+
+
+@dataclass(frozen=True)
+class PartitionRange:
+    """What one reader task must read: [start, end) of one partition, within limits."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int
+    max_records: int
+    max_bytes: int
+    deadline: float  # time.time() after which the reader stops
+
+
+@dataclass(frozen=True)
+class PartitionBatch:
+    topic: str
+    partition: int
+    start: int
+    next_offset: int
+    records: int
+    bytes: int
+    table: "pa.Table"
+
+
+def watermarks(settings: Settings, topic: str) -> dict[int, tuple[int, int]]:
+    """Low and high watermark of every partition of ``topic``."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(consumer_config(settings.kafka_bootstrap))
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        if topic not in metadata.topics or metadata.topics[topic].error is not None:
+            raise LookupError(f"topic {topic!r} does not exist on {settings.kafka_bootstrap}")
+        out = {}
+        for partition in sorted(metadata.topics[topic].partitions):
+            out[partition] = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        return out
+    finally:
+        consumer.close()
+
+
+def read_partition(bootstrap: str, wanted: PartitionRange, ingested_at: "datetime", run_id: str) -> PartitionBatch:
+    """Read one partition range into bronze rows. Runs as a Ray task, one per partition.
+
+    Stops at ``end`` (the high watermark when the batch was planned), the record or byte limit,
+    or the deadline, whichever comes first; ``next_offset`` is exactly one past the last row.
+    """
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    from tasks.transforms.bronze import RecordColumns, records_to_arrow
+
+    columns = RecordColumns()
+    size = 0
+    next_offset = wanted.start
+    consumer = Consumer(consumer_config(bootstrap))
+    try:
+        consumer.assign([TopicPartition(wanted.topic, wanted.partition, wanted.start)])
+        while next_offset < wanted.end and len(columns) < wanted.max_records and size < wanted.max_bytes:
+            if time.time() >= wanted.deadline:
+                break
+            want = min(10_000, wanted.max_records - len(columns))
+            messages = consumer.consume(num_messages=want, timeout=0.5)
+            for message in messages:
+                if message.error() is not None:
+                    raise KafkaException(message.error())
+                offset = message.offset()
+                if offset >= wanted.end:
+                    break
+                key, value = message.key(), message.value()
+                size += (len(key) if key else 0) + (len(value) if value else 0)
+                columns.offsets.append(offset)
+                columns.timestamps_ms.append(message.timestamp()[1])
+                columns.keys.append(key)
+                columns.values.append(value)
+                columns.headers.append(message.headers())
+                next_offset = offset + 1
+                if size >= wanted.max_bytes or len(columns) >= wanted.max_records:
+                    break
+            if not messages:
+                # Nothing arrived: the range may end in a gap (aborted transactions, compaction).
+                position = consumer.position([TopicPartition(wanted.topic, wanted.partition)])[0].offset
+                if position >= wanted.end:
+                    next_offset = max(next_offset, position)
+                    break
+    finally:
+        consumer.close()
+    table = records_to_arrow(wanted.topic, wanted.partition, columns, ingested_at, run_id)
+    return PartitionBatch(wanted.topic, wanted.partition, wanted.start, next_offset, len(columns), size, table)
+
+
+def commit_group_offsets(settings: Settings, topic: str, next_offsets: dict[int, int]) -> None:
+    """Commit the consumer group's offsets. Only for lag monitoring: bronze holds the truth."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(consumer_config(settings.kafka_bootstrap, settings.kafka_consumer_group))
+    try:
+        consumer.commit(
+            offsets=[TopicPartition(topic, p, o) for p, o in sorted(next_offsets.items())], asynchronous=False
+        )
+    finally:
+        consumer.close()

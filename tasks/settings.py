@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     kafka_topic: str = Field("conversion-events", description="topic of the conversion events")
     kafka_partitions: int = Field(3, ge=1, le=1000, description="partitions when the topic is created")
 
+    kafka_consumer_group: str = Field("lakehouse-bronze-ingest", description="group whose offsets are committed after each bronze commit, for lag monitoring only")
+
+    # Ingest micro-batches: a batch ends at whichever limit comes first
+    ingest_max_records: int = Field(500_000, ge=1, description="records per micro-batch")
+    ingest_max_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="key+value bytes per micro-batch")
+    ingest_max_seconds: float = Field(30.0, gt=0, description="seconds a micro-batch may spend reading")
+
     # Prefect and Ray
     prefect_api_url: str = Field("http://127.0.0.1:4200/api", description="Prefect API URL")
     ray_address: str | None = Field(None, description="'auto' joins the Ray head; empty runs Ray in-process; default by profile")
@@ -166,7 +173,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"malformed address {server!r}: expected host:port")
         return v
 
-    @field_validator("bucket_prefix", "catalog_name", "kafka_topic")
+    @field_validator("bucket_prefix", "catalog_name", "kafka_topic", "kafka_consumer_group")
     @classmethod
     def _name(cls, v: str) -> str:
         if not v or not all(c.isalnum() or c in "-_." for c in v):

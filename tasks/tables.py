@@ -76,7 +76,11 @@ BRONZE_CONVERSION_EVENTS_RAW = TableSpec(
     partition_spec=PartitionSpec(
         PartitionField(source_id=4, field_id=1000, transform=DayTransform(), name="kafka_day")
     ),
-    properties={"write.parquet.compression-codec": "zstd"},
+    properties={
+        "write.parquet.compression-codec": "zstd",
+        # Exactly once: a conflicting commit must fail, not be re-applied on top of the winner.
+        "commit.retry.num-retries": "0",
+    },
 )
 
 ALL_TABLES: tuple[TableSpec, ...] = (BRONZE_CONVERSION_EVENTS_RAW,)

@@ -10,6 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 STACK_CONFIG = ROOT / "infra" / "stack.toml"
 
+# Flows called in-process report to the stack's Prefect server, never to an ephemeral one.
+os.environ.setdefault("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+
 
 def stack_environment() -> dict[str, str]:
     """The environment a `lakehouse` subprocess needs to talk to the local stack."""

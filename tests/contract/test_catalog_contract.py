@@ -5,6 +5,7 @@ Run over the SQLite SQL catalog on a file warehouse and the REST catalog on S3 (
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 
@@ -30,11 +31,13 @@ def _rows(*pairs: tuple[int, str]) -> pa.Table:
 
 
 @pytest.fixture(params=["sql", "rest"])
-def catalog_env(request, tmp_path):
+def catalog_env(request, tmp_path, monkeypatch):
     """(catalog, settings, namespace) for one catalog flavour, with a fresh namespace."""
     if request.param == "sql":
         from tasks.settings import load_settings
 
+        for key in [k for k in os.environ if k.startswith("LAKEHOUSE_")]:
+            monkeypatch.delenv(key)  # the embedded defaults, whatever the caller's environment
         settings = load_settings(profile="embedded", state_dir=str(tmp_path / "state"))
     else:
         settings = request.getfixturevalue("stack_settings")

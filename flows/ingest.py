@@ -1,0 +1,187 @@
+"""Kafka → bronze, one micro-batch per run, exactly once.
+
+plan (offsets from bronze's last snapshot, watermarks from Kafka) → read every partition in
+parallel on Ray → one Iceberg append whose snapshot summary holds the next offsets → only then
+commit the consumer group (lag monitoring) → emit ``lakehouse.table.committed``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Optional
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.catalog import open_catalog
+from tasks.commits import Offsets, append_with_offsets, latest_offsets
+from tasks.compute import map_on_ray, use_ray
+from tasks.kafka import PartitionBatch, PartitionRange, commit_group_offsets, read_partition, watermarks
+from tasks.settings import Settings, load_settings
+from tasks.tables import BRONZE_CONVERSION_EVENTS_RAW, ensure_table
+from tasks.transforms.bronze import concat_batches
+
+CRASH_POINTS = ("consuming", "files-written", "committed")
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_records: int
+    max_bytes: int
+    max_seconds: float
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    run_id: str
+    topic: str
+    expected: Offsets  # what bronze's latest snapshot says now
+    ranges: list[PartitionRange]
+    lost_to_retention: dict[int, int] = field(default_factory=dict)  # partition -> records gone
+
+
+@dataclass
+class BatchReport:
+    """What one micro-batch did; returned, logged and kept in the snapshot summary."""
+
+    run_id: str
+    topic: str
+    records: int = 0
+    bytes: int = 0
+    partitions: int = 0
+    offsets_from: dict[int, int] = field(default_factory=dict)
+    offsets_to: dict[int, int] = field(default_factory=dict)
+    lag_left: int = 0
+    lost_to_retention: int = 0
+    seconds: float = 0.0
+    snapshot_id: Optional[int] = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _crash_if(point: str, crash_at: str | None) -> None:
+    """Test affordance: SIGKILL this very process at a named point (see tests/integration)."""
+    if crash_at == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task(cache_policy=NO_CACHE)
+def plan_batch(settings: Settings, limits: BatchLimits, run_id: str) -> BatchPlan:
+    """Start where bronze's last snapshot says; end at the high watermarks seen now."""
+    table = ensure_table(open_catalog(settings), settings, BRONZE_CONVERSION_EVENTS_RAW)
+    expected = latest_offsets(table)
+    topic = settings.kafka_topic
+    marks = watermarks(settings, topic)
+    done = expected.get(topic, {})
+    deadline = time.time() + limits.max_seconds
+    share = max(1, len(marks))
+    ranges, lost = [], {}
+    for partition, (low, high) in marks.items():
+        start = done.get(partition, low)
+        if start < low:  # retention deleted records bronze never saw: say so loudly
+            lost[partition] = low - start
+            start = low
+        if start < high:
+            ranges.append(PartitionRange(
+                topic, partition, start, high,
+                max_records=max(1, limits.max_records // share),
+                max_bytes=max(1, limits.max_bytes // share),
+                deadline=deadline,
+            ))
+    return BatchPlan(run_id, topic, expected, ranges, lost)
+
+
+@task(cache_policy=NO_CACHE)
+def read_batch(settings: Settings, plan: BatchPlan, ingested_at: datetime) -> list[PartitionBatch]:
+    """Every partition's range in parallel, one Ray task each."""
+    return map_on_ray(read_partition, plan.ranges, settings.kafka_bootstrap, ingested_at, plan.run_id)
+
+
+@task(cache_policy=NO_CACHE)
+def commit_batch(settings: Settings, plan: BatchPlan, batches: list[PartitionBatch], report: BatchReport,
+                 crash_at: str | None) -> int:
+    """One Iceberg append covering all partitions, the next offsets in its snapshot summary."""
+    table = ensure_table(open_catalog(settings), settings, BRONZE_CONVERSION_EVENTS_RAW)
+    next_offsets = {t: dict(ps) for t, ps in plan.expected.items()}
+    next_offsets.setdefault(plan.topic, {}).update({b.partition: b.next_offset for b in batches})
+    rows = concat_batches([b.table for b in batches])
+    return append_with_offsets(
+        table, rows, plan.expected, next_offsets, plan.run_id, report.as_dict(),
+        on_stage=lambda stage: _crash_if(stage, crash_at),
+    )
+
+
+@task(cache_policy=NO_CACHE)
+def commit_consumer_group(settings: Settings, report: BatchReport) -> None:
+    commit_group_offsets(settings, report.topic, report.offsets_to)
+
+
+@task(cache_policy=NO_CACHE)
+def emit_committed(report: BatchReport) -> None:
+    """Tell Prefect bronze moved; the silver deployment is triggered by this event."""
+    from prefect.events import emit_event
+
+    emit_event(
+        event="lakehouse.table.committed",
+        resource={"prefect.resource.id": f"lakehouse.table.{BRONZE_CONVERSION_EVENTS_RAW.identifier}",
+                  "lakehouse.layer": "bronze"},
+        payload={"snapshot_id": report.snapshot_id, "records": report.records, "run_id": report.run_id},
+    )
+
+
+@flow(name="ingest-bronze", log_prints=False)
+def ingest_flow(
+    max_records: Optional[int] = None,
+    max_bytes: Optional[int] = None,
+    max_seconds: Optional[float] = None,
+    settings: Optional[Settings] = None,
+    crash_at: Optional[str] = None,
+) -> dict:
+    """One micro-batch from Kafka into bronze.conversion_events_raw."""
+    logger = get_run_logger()
+    settings = settings or load_settings()
+    if crash_at is not None and crash_at not in CRASH_POINTS:
+        raise ValueError(f"crash_at must be one of {CRASH_POINTS}, got {crash_at!r}")
+    limits = BatchLimits(
+        max_records or settings.ingest_max_records,
+        max_bytes or settings.ingest_max_bytes,
+        max_seconds or settings.ingest_max_seconds,
+    )
+    began = time.monotonic()
+    run_id = str(uuid.uuid4())
+    plan = plan_batch(settings, limits, run_id)
+    report = BatchReport(run_id=run_id, topic=plan.topic, lost_to_retention=sum(plan.lost_to_retention.values()))
+    if plan.lost_to_retention:
+        logger.error("records expired from Kafka before bronze read them: %s", plan.lost_to_retention)
+    if not plan.ranges:
+        report.seconds = round(time.monotonic() - began, 3)
+        logger.info("nothing to ingest: bronze is at the high watermark of %s", plan.topic)
+        return report.as_dict()
+
+    use_ray(settings)
+    batches = read_batch(settings, plan, datetime.now(timezone.utc))
+    _crash_if("consuming", crash_at)
+    ends = {r.partition: r.end for r in plan.ranges}
+    report.records = sum(b.records for b in batches)
+    report.bytes = sum(b.bytes for b in batches)
+    report.partitions = sum(1 for b in batches if b.records)
+    report.offsets_from = {b.partition: b.start for b in batches}
+    report.offsets_to = {b.partition: b.next_offset for b in batches}
+    report.lag_left = sum(ends[b.partition] - b.next_offset for b in batches)
+    report.seconds = round(time.monotonic() - began, 3)
+    report.snapshot_id = commit_batch(settings, plan, batches, report, crash_at)
+    commit_consumer_group(settings, report)
+    emit_committed(report)
+    report.seconds = round(time.monotonic() - began, 3)
+    logger.info(
+        "bronze batch: %d records, %d bytes, %d partitions, offsets %s -> %s, lag left %d, %.2fs, snapshot %s",
+        report.records, report.bytes, report.partitions, report.offsets_from, report.offsets_to,
+        report.lag_left, report.seconds, report.snapshot_id,
+    )
+    return report.as_dict()

@@ -192,11 +192,11 @@ def run_ingest(
     crash_at: Optional[str] = typer.Option(None, hidden=True, help="test only: SIGKILL at this point"),
 ) -> None:
     """One Kafka → bronze micro-batch (or several, with --until-caught-up), exactly once."""
+    s = settings()
+    _prefect_client_env(s)
     from flows.ingest import ingest_flow
     from tasks.commits import OffsetsMovedError
 
-    s = settings()
-    _prefect_client_env(s)
     while True:
         try:
             report = ingest_flow(max_records=max_records, max_bytes=max_bytes, max_seconds=max_seconds,

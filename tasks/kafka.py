@@ -105,7 +105,7 @@ def watermarks(settings: Settings, topic: str) -> dict[int, tuple[int, int]]:
         consumer.close()
 
 
-def read_partition(bootstrap: str, wanted: PartitionRange, ingested_at: "datetime", run_id: str) -> PartitionBatch:
+def read_partition(wanted: PartitionRange, bootstrap: str, ingested_at: "datetime", run_id: str) -> PartitionBatch:
     """Read one partition range into bronze rows. Runs as a Ray task, one per partition.
 
     Stops at ``end`` (the high watermark when the batch was planned), the record or byte limit,

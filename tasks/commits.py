@@ -12,6 +12,7 @@ from typing import Callable, Mapping
 
 import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.expressions import BooleanExpression
 from pyiceberg.table import Table
 
 OFFSETS_KEY = "lakehouse.kafka.offsets"
@@ -21,22 +22,42 @@ REPORT_KEY = "lakehouse.report"
 Offsets = dict[str, dict[int, int]]  # topic -> partition -> next offset
 
 
-class OffsetsMovedError(RuntimeError):
-    """Another run committed first: this batch's starting offsets are stale. Nothing was committed."""
+class StaleCommitError(RuntimeError):
+    """Another run committed first: this run's view of the table is stale. Nothing was committed."""
 
 
-def latest_offsets(table: Table) -> Offsets:
-    """The offsets recorded by the newest snapshot that carries them (maintenance snapshots don't)."""
+class OffsetsMovedError(StaleCommitError):
+    """The bronze offsets moved since the batch was planned."""
+
+
+def latest_property(table: Table, key: str) -> str | None:
+    """The value of ``key`` in the newest snapshot summary that has it (maintenance snapshots don't)."""
     snapshot = table.current_snapshot()
     while snapshot is not None:
         summary = snapshot.summary
-        raw = summary.additional_properties.get(OFFSETS_KEY) if summary is not None else None
-        if raw is not None:
-            return decode_offsets(raw)
+        value = summary.additional_properties.get(key) if summary is not None else None
+        if value is not None:
+            return value
         if snapshot.parent_snapshot_id is None:
             break
         snapshot = table.snapshot_by_id(snapshot.parent_snapshot_id)
-    return {}
+    return None
+
+
+def latest_offsets(table: Table) -> Offsets:
+    """The Kafka offsets recorded by the newest bronze commit."""
+    raw = latest_property(table, OFFSETS_KEY)
+    return decode_offsets(raw) if raw is not None else {}
+
+
+def upstream_key(upstream: str) -> str:
+    return f"lakehouse.upstream.{upstream}"
+
+
+def upstream_snapshot(table: Table, upstream: str) -> int | None:
+    """The last snapshot of ``upstream`` (a table name) that was promoted into ``table``."""
+    raw = latest_property(table, upstream_key(upstream))
+    return int(raw) if raw is not None else None
 
 
 def encode_offsets(offsets: Mapping[str, Mapping[int, int]]) -> str:
@@ -45,6 +66,41 @@ def encode_offsets(offsets: Mapping[str, Mapping[int, int]]) -> str:
 
 def decode_offsets(raw: str) -> Offsets:
     return {t: {int(p): int(o) for p, o in ps.items()} for t, ps in json.loads(raw).items()}
+
+
+def commit_rows(
+    table: Table,
+    rows: pa.Table,
+    summary: Mapping[str, str],
+    still_current: Callable[[Table], bool],
+    delete_filter: BooleanExpression | None = None,
+    on_stage: Callable[[str], None] = lambda stage: None,
+) -> int:
+    """Append ``rows`` (after deleting ``delete_filter``) in one atomic commit; returns the snapshot id.
+
+    ``still_current(table)`` re-checks, on fresh metadata, that nobody committed since this run
+    planned; the catalog's snapshot requirement catches a race after that check. The table must
+    have ``commit.retry.num-retries=0``: an automatic retry would re-apply the rows on top of the
+    other run's commit and duplicate them. An empty ``rows`` still commits, to move the bookkeeping.
+    """
+    table = table.refresh()
+    if not still_current(table):
+        raise StaleCommitError(f"{table.name()}: another run committed since this one planned; nothing committed")
+    if table.metadata.properties.get("commit.retry.num-retries") != "0":
+        raise RuntimeError(f"{table.name()} must have commit.retry.num-retries=0 for exactly-once commits")
+    transaction = table.transaction()
+    if delete_filter is not None:
+        transaction.delete(delete_filter, snapshot_properties=dict(summary))
+    transaction.append(rows, snapshot_properties=dict(summary))
+    on_stage("files-written")
+    try:
+        committed = transaction.commit_transaction()
+    except CommitFailedException as exc:
+        raise StaleCommitError(f"{table.name()}: a concurrent commit won ({exc}); nothing committed") from exc
+    on_stage("committed")
+    snapshot = committed.current_snapshot()
+    assert snapshot is not None
+    return snapshot.snapshot_id
 
 
 def append_with_offsets(
@@ -56,31 +112,13 @@ def append_with_offsets(
     report: Mapping[str, object],
     on_stage: Callable[[str], None] = lambda stage: None,
 ) -> int:
-    """Append ``rows`` in one snapshot that records ``next_offsets``; returns its snapshot id.
-
-    Refuses (OffsetsMovedError) when the table's latest offsets are not ``expected``, both before
-    writing and, through the catalog's snapshot requirement, at commit time. The table must have
-    ``commit.retry.num-retries=0``: an automatic retry would re-apply the append on top of the
-    other run's commit and duplicate records.
-    """
-    table = table.refresh()
-    if latest_offsets(table) != expected:
-        raise OffsetsMovedError(f"{table.name()}: offsets moved since the batch was planned; nothing committed")
-    if table.metadata.properties.get("commit.retry.num-retries") != "0":
-        raise RuntimeError(f"{table.name()} must have commit.retry.num-retries=0 for exactly-once appends")
+    """Append bronze rows in one snapshot that records ``next_offsets``; refuse if offsets moved."""
     summary = {
         OFFSETS_KEY: encode_offsets(next_offsets),
         RUN_ID_KEY: run_id,
         REPORT_KEY: json.dumps(report, sort_keys=True, default=str),
     }
-    transaction = table.transaction()
-    transaction.append(rows, snapshot_properties=summary)
-    on_stage("files-written")
     try:
-        committed = transaction.commit_transaction()
-    except CommitFailedException as exc:
-        raise OffsetsMovedError(f"{table.name()}: a concurrent commit won ({exc}); nothing committed") from exc
-    on_stage("committed")
-    snapshot = committed.current_snapshot()
-    assert snapshot is not None
-    return snapshot.snapshot_id
+        return commit_rows(table, rows, summary, lambda t: latest_offsets(t) == expected, on_stage=on_stage)
+    except StaleCommitError as exc:
+        raise OffsetsMovedError(str(exc)) from exc

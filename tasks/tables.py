@@ -16,6 +16,9 @@ from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform
 from pyiceberg.types import (
     BinaryType,
+    BooleanType,
+    DateType,
+    DoubleType,
     IntegerType,
     ListType,
     LongType,
@@ -83,7 +86,86 @@ BRONZE_CONVERSION_EVENTS_RAW = TableSpec(
     },
 )
 
-ALL_TABLES: tuple[TableSpec, ...] = (BRONZE_CONVERSION_EVENTS_RAW,)
+_EXACTLY_ONCE = {
+    "write.parquet.compression-codec": "zstd",
+    "commit.retry.num-retries": "0",
+}
+
+# v1 columns; schema_version 2's region and cache_hit are added by schema evolution when the
+# first v2 event arrives (see V2_FACT_COLUMNS), so old data files are never rewritten.
+SILVER_FACT_CONVERSIONS = TableSpec(
+    identifier="silver.fact_conversions",
+    schema=Schema(
+        NestedField(1, "event_id", StringType(), required=True),
+        NestedField(2, "event_type", StringType(), required=False),
+        NestedField(3, "schema_version", IntegerType(), required=False),
+        NestedField(4, "occurred_at", TimestamptzType(), required=False),
+        NestedField(5, "event_date", DateType(), required=False),
+        NestedField(6, "user_id", StringType(), required=False),
+        NestedField(7, "user_plan", StringType(), required=False),
+        NestedField(8, "user_country", StringType(), required=False),
+        NestedField(9, "direction", StringType(), required=False),
+        NestedField(10, "input", StringType(), required=False),
+        NestedField(11, "output", StringType(), required=False),
+        NestedField(12, "success", BooleanType(), required=False),
+        NestedField(13, "error_code", StringType(), required=False),
+        NestedField(14, "latency_ms", DoubleType(), required=False),
+        NestedField(15, "endpoint", StringType(), required=False),
+        NestedField(16, "http_status", IntegerType(), required=False),
+        NestedField(17, "client", StringType(), required=False),
+        NestedField(18, "numeral_value", IntegerType(), required=False),
+        NestedField(19, "source_topic", StringType(), required=False),
+        NestedField(20, "source_partition", IntegerType(), required=False),
+        NestedField(21, "source_offset", LongType(), required=False),
+        NestedField(22, "kafka_timestamp", TimestamptzType(), required=False),
+        NestedField(23, "bronze_snapshot_id", LongType(), required=False),
+        identifier_field_ids=[1],
+    ),
+    partition_spec=PartitionSpec(
+        PartitionField(source_id=4, field_id=1000, transform=DayTransform(), name="occurred_day")
+    ),
+    properties=_EXACTLY_ONCE,
+)
+V2_FACT_COLUMNS = (("region", StringType()), ("cache_hit", BooleanType()))
+
+SILVER_CONVERSION_EVENTS_REJECTED = TableSpec(
+    identifier="silver.conversion_events_rejected",
+    schema=Schema(
+        NestedField(1, "reason_codes", ListType(100, StringType(), element_required=False), required=False),
+        NestedField(2, "reject_detail", StringType(), required=False),
+        NestedField(3, "value", BinaryType(), required=False),
+        NestedField(4, "source_topic", StringType(), required=False),
+        NestedField(5, "source_partition", IntegerType(), required=False),
+        NestedField(6, "source_offset", LongType(), required=False),
+        NestedField(7, "kafka_timestamp", TimestamptzType(), required=False),
+        NestedField(8, "bronze_snapshot_id", LongType(), required=False),
+    ),
+    partition_spec=PartitionSpec(
+        PartitionField(source_id=7, field_id=1000, transform=DayTransform(), name="kafka_day")
+    ),
+    properties=_EXACTLY_ONCE,
+)
+
+SILVER_DIM_USERS = TableSpec(
+    identifier="silver.dim_users",
+    schema=Schema(
+        NestedField(1, "user_sk", LongType(), required=False),
+        NestedField(2, "user_id", StringType(), required=False),
+        NestedField(3, "user_plan", StringType(), required=False),
+        NestedField(4, "user_country", StringType(), required=False),
+        NestedField(5, "valid_from", TimestamptzType(), required=False),
+        NestedField(6, "valid_to", TimestamptzType(), required=False),
+        NestedField(7, "is_current", BooleanType(), required=False),
+    ),
+    properties=_EXACTLY_ONCE,
+)
+
+ALL_TABLES: tuple[TableSpec, ...] = (
+    BRONZE_CONVERSION_EVENTS_RAW,
+    SILVER_FACT_CONVERSIONS,
+    SILVER_CONVERSION_EVENTS_REJECTED,
+    SILVER_DIM_USERS,
+)
 
 
 def ensure_table(catalog: Catalog, settings: Settings, spec: TableSpec) -> Table:

@@ -319,8 +319,39 @@ def _timed_read(wanted, bootstrap, ingested_at, run_id):
     finally:
         bronze.records_to_arrow = original
     ended = _time.time()
+    import os as _os
+
     return batch, {"began": began, "ended": ended, "records": batch.records, "bytes": batch.bytes,
-                   "table_nbytes": batch.table.nbytes, **spans}
+                   "table_nbytes": batch.table.nbytes, "worker_pid": _os.getpid(), **spans}
+
+
+def readers_without_ray(settings: Settings, topic: str, threaded: bool) -> dict:
+    """tasks.kafka.read_partition for every partition in this process: no Ray, no Iceberg.
+
+    Sequential, or one thread per partition (librdkafka fetches in its own threads; the Python
+    per-message loop shares one GIL). What reading in the driver instead of on Ray would give.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.kafka import PartitionRange
+
+    marks = watermarks(settings, topic)
+    deadline = time.time() + 3600
+    ranges = [PartitionRange(topic, p, low, high, max_records=10**12, max_bytes=1 << 50, deadline=deadline)
+              for p, (low, high) in sorted(marks.items()) if high > low]
+    ingested_at = datetime.now(timezone.utc)
+    started = time.perf_counter()
+    if threaded:
+        with ThreadPoolExecutor(len(ranges)) as pool:
+            results = list(pool.map(lambda r: _timed_read(r, settings.kafka_bootstrap, ingested_at, "bench"), ranges))
+    else:
+        results = [_timed_read(r, settings.kafka_bootstrap, ingested_at, "bench") for r in ranges]
+    seconds = time.perf_counter() - started
+    records = sum(b.records for b, _s in results)
+    arrow = [round(s.get("arrow_s", 0.0), 3) for _b, s in results]
+    del results
+    return {"mode": "threads" if threaded else "sequential", "records": records, "seconds": round(seconds, 3),
+            "events_per_s": round(records / seconds), "records_to_arrow_s_per_partition": arrow}
 
 
 class _Timers:
@@ -346,7 +377,11 @@ def profile_in_process(settings: Settings, use_cprofile: bool, side_measurements
     """Drain ``settings.kafka_topic`` with ingest_flow in this process, timing every phase from inside."""
     from infra.services import prefect_env
 
+    from tasks.compute import ray_client_env
+
     os.environ.update({k: v for k, v in prefect_env(settings).items() if k == "PREFECT_API_URL"})
+    if settings.ray_address:
+        os.environ.update(ray_client_env(settings))  # before ray is imported: it reads them once
     import pyarrow as pa
     import pyarrow.parquet as pq
     import ray
@@ -357,6 +392,7 @@ def profile_in_process(settings: Settings, use_cprofile: bool, side_measurements
 
     timers = _Timers()
     worker_spans: list[list[dict]] = []
+    seen_pids: set[int] = set()
     side: list[dict] = []
 
     def timed_map_on_ray(fn, items, *args, num_cpus: float = 0.25):
@@ -373,6 +409,11 @@ def profile_in_process(settings: Settings, use_cprofile: bool, side_measurements
         first_began = min(s["began"] for s in spans)
         last_ended = max(s["ended"] for s in spans)
         timers.add("ray: submit -> first reader running", first_began - t0)
+        timers.add("ray: submit -> last reader running (a cold worker shows here)",
+                   max(s["began"] for s in spans) - t0)
+        pids = [s["worker_pid"] for s in spans]
+        timers.add("ray: readers on a worker new to this run", sum(1 for p in pids if p not in seen_pids))
+        seen_pids.update(pids)
         timers.add("ray: readers (first start -> last end)", last_ended - first_began)
         timers.add("ray: last reader end -> driver has results", got - last_ended)
         # worker-side split (max over the parallel readers: the critical path)
@@ -560,6 +601,7 @@ def main() -> None:
     settings = base_settings()
     topics = []
     result: dict = {"benchmark": "ingest_rate", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
                     "events": args.events, "targets": {"ratio_to_bare_loop": TARGET_RATIO,
                                                        "events_per_s": TARGET_RATE}}
     try:
@@ -589,6 +631,16 @@ def main() -> None:
         print("(a) bare loop again, after (b) ...", flush=True)
         bare_after = bare_consume(s, s.kafka_topic)
         print(f"  {bare_after['events_per_s']:>10,} events/s  ({bare_after['seconds']} s)", flush=True)
+
+        if args.profile:
+            print("(c) read_partition in this process, no Ray (sequential, then one thread per partition) ...",
+                  flush=True)
+            result["readers_without_ray"] = []
+            for threaded in (False, True):
+                item = readers_without_ray(s, s.kafka_topic, threaded)
+                result["readers_without_ray"].append(item)
+                print(f"  {item['events_per_s']:>10,} events/s  {item['mode']} ({item['seconds']} s; "
+                      f"records_to_arrow per partition {item['records_to_arrow_s_per_partition']} s)", flush=True)
 
         bare_rate = (bare_before["events_per_s"] + bare_after["events_per_s"]) / 2
         result["bare_consume"] = {"before": bare_before, "after": bare_after, "mean_events_per_s": round(bare_rate)}

@@ -208,6 +208,21 @@ def run_ingest(
             break
 
 
+@run_app.command("silver")
+def run_silver(crash_at: Optional[str] = typer.Option(None, hidden=True, help="test only: SIGKILL at this point")) -> None:
+    """Promote every bronze snapshot not yet in silver: validate, quarantine, dedup, SCD2 users."""
+    s = settings()
+    _prefect_client_env(s)
+    from flows.silver import silver_flow
+    from tasks.commits import StaleCommitError
+
+    try:
+        report = silver_flow(settings=s, crash_at=crash_at)
+    except StaleCommitError as exc:
+        fail(f"another silver run committed first; rerun to continue ({exc})", 3)
+    out.print_json(json.dumps(report))
+
+
 def _prefect_client_env(s: Settings) -> None:
     """Flows run in this process talk to the configured Prefect server (set before Prefect reads it)."""
     import os

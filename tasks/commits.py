@@ -68,6 +68,20 @@ def decode_offsets(raw: str) -> Offsets:
     return {t: {int(p): int(o) for p, o in ps.items()} for t, ps in json.loads(raw).items()}
 
 
+def conform(rows: pa.Table, table: Table) -> pa.Table:
+    """``rows`` in the table's column order and types; optional columns it lacks become nulls."""
+    target = table.schema().as_arrow()
+    columns = []
+    for field in target:
+        if field.name in rows.column_names:
+            columns.append(rows.column(field.name).cast(field.type))
+        elif field.nullable:
+            columns.append(pa.nulls(rows.num_rows, field.type))
+        else:
+            raise ValueError(f"{table.name()}: required column {field.name!r} is missing")
+    return pa.Table.from_arrays(columns, schema=target)
+
+
 def commit_rows(
     table: Table,
     rows: pa.Table,

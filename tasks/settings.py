@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     ingest_max_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="key+value bytes per micro-batch")
     ingest_max_seconds: float = Field(30.0, gt=0, description="seconds a micro-batch may spend reading")
 
+    silver_max_value_bytes: int = Field(1024 * 1024, ge=1024, description="bronze values larger than this are quarantined as OVERSIZED")
+
     # Prefect and Ray
     prefect_api_url: str = Field("http://127.0.0.1:4200/api", description="Prefect API URL")
     ray_address: str | None = Field(None, description="'auto' joins the Ray head; empty runs Ray in-process; default by profile")

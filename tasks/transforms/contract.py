@@ -236,3 +236,85 @@ def _numeral_value(direction: str | None, text: str | None) -> int | None:
     if direction == "to_roman":
         return parse_decimal(text)
     return VALUES.get(text)
+
+
+# ---- the fast path ------------------------------------------------------------------------------
+# Nearly every record is a valid event. Checking those with direct type tests and no dict
+# building is ~4x cheaper; anything the fast path doesn't accept gets the full check above,
+# which is the single source of the reason codes.
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_REQUIRED_V1_SET = frozenset(REQUIRED_V1)
+_REQUIRED_V2_SET = frozenset(REQUIRED_V1 + REQUIRED_V2)
+_PLAN_SET = frozenset(PLANS)
+_ERROR_SET = frozenset(ERROR_CODES)
+_FUTURE_US = int(FUTURE_TOLERANCE.total_seconds() * 1_000_000)
+
+
+def _fast_valid(doc: dict, kafka_us: int | None) -> tuple | None:
+    version = doc.get("schema_version")
+    if type(version) is not int:
+        return None
+    if version == 1:
+        if not doc.keys() >= _REQUIRED_V1_SET:
+            return None
+        region = cache_hit = None
+    elif version == 2:
+        if not doc.keys() >= _REQUIRED_V2_SET:
+            return None
+        region, cache_hit = doc["region"], doc["cache_hit"]
+        if type(region) is not str or type(cache_hit) is not bool:
+            return None
+    else:
+        return None
+    event_id, direction, text, output = doc["event_id"], doc["direction"], doc["input"], doc["output"]
+    success, error, latency, status = doc["success"], doc["error_code"], doc["latency_ms"], doc["http_status"]
+    user, plan, country, client = doc["user_id"], doc["user_plan"], doc["user_country"], doc.get("client")
+    if (
+        type(event_id) is not str or not _UUID.fullmatch(event_id)
+        or doc["event_type"] != "conversion"
+        or direction not in ENDPOINTS or doc["endpoint"] != ENDPOINTS[direction]
+        or type(text) is not str
+        or type(success) is not bool
+        or type(status) is not int
+        or type(latency) not in (float, int) or latency < 0
+        or (user is not None and type(user) is not str)
+        or (plan is not None and plan not in _PLAN_SET)
+        or (country is not None and (type(country) is not str or not _COUNTRY.match(country)))
+        or (client is not None and type(client) is not str)
+    ):
+        return None
+    if success:
+        if error is not None or status != 200 or output != expected_output(direction, text):
+            return None
+    elif error not in _ERROR_SET or status not in FAILURE_STATUSES or output is not None:
+        return None
+    occurred = _parse_time(doc["occurred_at"])
+    if occurred is None or (kafka_us is not None and occurred - kafka_us > _FUTURE_US):
+        return None
+    return (
+        event_id, "conversion", version, occurred, user, plan, country, direction, text, output, success,
+        error, float(latency), doc["endpoint"], status, client, region, cache_hit,
+        _numeral_value(direction, text), [], None,
+    )
+
+
+def check_events(values: list, kafka_us: list, max_value_bytes: int) -> list[tuple]:
+    """``check_event`` over a batch, as tuples in FIELDS order."""
+    out = []
+    append = out.append
+    loads = json.loads
+    for value, ts in zip(values, kafka_us):
+        row = None
+        if value and len(value) <= max_value_bytes:
+            try:
+                doc = loads(value)
+            except (ValueError, RecursionError):
+                doc = None
+            if type(doc) is dict:
+                row = _fast_valid(doc, ts)
+        if row is None:
+            checked = check_event(value, ts, max_value_bytes)
+            row = tuple(checked[f] for f in FIELDS)
+        append(row)
+    return out

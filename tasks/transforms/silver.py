@@ -12,7 +12,7 @@ import daft
 import pyarrow as pa
 from daft import DataFrame, DataType, col, lit
 
-from tasks.transforms.contract import FIELDS, check_event
+from tasks.transforms.contract import FIELDS, check_events
 
 PARSED_TYPE = pa.struct(
     [
@@ -56,8 +56,10 @@ DIM_USER_COLUMNS = ("user_sk", "user_id", "user_plan", "user_country", "valid_fr
 
 @daft.func.batch(return_dtype=DataType.from_arrow_type(PARSED_TYPE), unnest=True)
 def _check_values(values: daft.Series, kafka_us: daft.Series, max_value_bytes: int) -> pa.Array:
-    rows = [check_event(v, ts, max_value_bytes) for v, ts in zip(values.to_pylist(), kafka_us.to_pylist())]
-    return pa.array(rows, type=PARSED_TYPE)
+    rows = check_events(values.to_pylist(), kafka_us.to_pylist(), max_value_bytes)
+    columns = list(zip(*rows)) if rows else [[] for _ in FIELDS]
+    arrays = [pa.array(column, type=f.type) for column, f in zip(columns, PARSED_TYPE)]
+    return pa.StructArray.from_arrays(arrays, fields=list(PARSED_TYPE))
 
 
 def validate(bronze: DataFrame, max_value_bytes: int) -> DataFrame:
@@ -162,7 +164,7 @@ def user_versions(events: DataFrame) -> DataFrame:
     by_start = Window().partition_by("user_id").order_by("valid_from", "event_id")
     versions = starts.with_column("valid_to", F.lead(col("valid_from"), 1).over(by_start))
     return versions.select(
-        _surrogate_key(col("user_id"), col("valid_from")).alias("user_sk"),
+        _surrogate_key(col("user_id"), col("valid_from"), col("event_id")).alias("user_sk"),
         "user_id",
         "user_plan",
         "user_country",
@@ -173,10 +175,11 @@ def user_versions(events: DataFrame) -> DataFrame:
 
 
 @daft.func.batch(return_dtype=DataType.int64())
-def _surrogate_key(user_ids: daft.Series, valid_from: daft.Series) -> pa.Array:
-    """Deterministic user_sk from (user_id, valid_from): the same version always gets the same key."""
+def _surrogate_key(user_ids: daft.Series, valid_from: daft.Series, first_events: daft.Series) -> pa.Array:
+    """Deterministic user_sk from the version's user, start and first event: the same version
+    always gets the same key, and two versions starting at the same instant still differ."""
     out = []
-    for user, start in zip(user_ids.to_pylist(), valid_from.to_pylist()):
-        digest = hashlib.blake2b(f"{user}|{start.isoformat()}".encode(), digest_size=8).digest()
+    for user, start, first in zip(user_ids.to_pylist(), valid_from.to_pylist(), first_events.to_pylist()):
+        digest = hashlib.blake2b(f"{user}|{start.isoformat()}|{first}".encode(), digest_size=8).digest()
         out.append(int.from_bytes(digest, "big", signed=True) & 0x7FFF_FFFF_FFFF_FFFF)
     return pa.array(out, pa.int64())

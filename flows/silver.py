@@ -1,0 +1,265 @@
+"""Bronze → silver: validate, quarantine, deduplicate across history, SCD2 users.
+
+Each run promotes the bronze append snapshots after silver's watermark. The three silver tables
+are committed in a fixed order (rejected, facts, users), each recording the bronze snapshot it is
+promoted up to, so a crash between commits is finished by the next run and never repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from daft import col
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.catalog import io_config, open_catalog
+from tasks.commits import REPORT_KEY, RUN_ID_KEY, commit_rows, conform, upstream_key, upstream_snapshot
+from tasks.compute import use_ray
+from tasks.scans import Increment, plan_increment, read_bronze_increment, read_days, read_users
+from tasks.settings import Settings, load_settings
+from tasks.tables import (
+    BRONZE_CONVERSION_EVENTS_RAW,
+    SILVER_CONVERSION_EVENTS_REJECTED,
+    SILVER_DIM_USERS,
+    SILVER_FACT_CONVERSIONS,
+    V2_FACT_COLUMNS,
+    TableSpec,
+    ensure_table,
+)
+from tasks.transforms import silver
+
+CRASH_POINTS = ("read", "rejected-committed", "facts-committed")
+SILVER_TABLES = (SILVER_CONVERSION_EVENTS_REJECTED, SILVER_FACT_CONVERSIONS, SILVER_DIM_USERS)
+UPSTREAM = BRONZE_CONVERSION_EVENTS_RAW.identifier
+
+
+@dataclass(frozen=True)
+class SilverPlan:
+    run_id: str
+    increment: Increment | None  # None: nothing new in bronze
+    watermarks: dict[str, int | None]  # silver table -> bronze snapshot it is promoted up to
+
+
+@dataclass
+class SilverReport:
+    run_id: str
+    bronze_from: Optional[int] = None
+    bronze_to: Optional[int] = None
+    bronze_records: int = 0
+    facts: int = 0
+    rejected: int = 0
+    duplicates_dropped: int = 0
+    replaced_by_earlier_arrival: int = 0
+    users_touched: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    committed: dict[str, int] = field(default_factory=dict)  # table -> snapshot id
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _crash_if(point: str, crash_at: str | None) -> None:
+    """Test affordance: SIGKILL this process at a named point."""
+    if crash_at == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task(cache_policy=NO_CACHE)
+def plan_silver(settings: Settings, run_id: str) -> SilverPlan:
+    """Which bronze snapshots to promote: after the oldest silver watermark, up to the newest work."""
+    catalog = open_catalog(settings)
+    bronze = ensure_table(catalog, settings, BRONZE_CONVERSION_EVENTS_RAW)
+    watermarks = {
+        spec.identifier: upstream_snapshot(ensure_table(catalog, settings, spec), UPSTREAM) for spec in SILVER_TABLES
+    }
+    marks = set(watermarks.values())
+    current = bronze.current_snapshot()
+    if len(marks) > 1:  # an earlier run crashed between commits: finish exactly its range
+        upto = max(m for m in marks if m is not None)
+    elif current is None or current.snapshot_id in marks:
+        return SilverPlan(run_id, None, watermarks)
+    else:
+        upto = current.snapshot_id
+    after = _oldest(bronze, [m for m in marks if m is not None]) if None not in marks else None
+    return SilverPlan(run_id, plan_increment(bronze, after, upto), watermarks)
+
+
+def _oldest(table, snapshot_ids: list[int]) -> int:
+    order = {s.snapshot_id: i for i, s in enumerate(sorted(table.metadata.snapshots, key=lambda s: s.sequence_number))}
+    return min(snapshot_ids, key=lambda sid: order.get(sid, -1))
+
+
+@task(cache_policy=NO_CACHE)
+def check_bronze(settings: Settings, plan: SilverPlan):
+    """Validate the increment once and keep it: facts and quarantine both come from it."""
+    bronze = read_bronze_increment(plan.increment, io_config(settings))
+    return silver.validate(bronze, settings.silver_max_value_bytes).collect()
+
+
+def _commit(settings, spec: TableSpec, plan: SilverPlan, rows, facts: dict, delete_filter=None) -> int | None:
+    """Commit one silver table unless an earlier run already promoted it this far."""
+    upto = plan.increment.upto
+    expected = plan.watermarks[spec.identifier]
+    if expected == upto:
+        return None
+    table = ensure_table(open_catalog(settings), settings, spec)
+    summary = {
+        upstream_key(UPSTREAM): str(upto),
+        RUN_ID_KEY: plan.run_id,
+        REPORT_KEY: json.dumps(facts, sort_keys=True, default=str),
+    }
+    return commit_rows(
+        table,
+        conform(rows, table),
+        summary,
+        still_current=lambda t: upstream_snapshot(t, UPSTREAM) == expected,
+        delete_filter=delete_filter,
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one silver table commit did."""
+
+    rows: int
+    snapshot_id: int | None
+    detail: dict = field(default_factory=dict)
+
+
+@task(cache_policy=NO_CACHE)
+def commit_rejected(settings: Settings, plan: SilverPlan, checked) -> Outcome:
+    rows = silver.rejected(checked).to_arrow()
+    reasons: dict[str, int] = {}
+    for codes in rows.column("reason_codes").to_pylist():
+        for code in codes:
+            reasons[code] = reasons.get(code, 0) + 1
+    snapshot = _commit(settings, SILVER_CONVERSION_EVENTS_REJECTED, plan, rows, {"rejected": rows.num_rows, "reasons": reasons})
+    return Outcome(rows.num_rows, snapshot, {"reasons": reasons})
+
+
+@task(cache_policy=NO_CACHE)
+def commit_facts(settings: Settings, plan: SilverPlan, checked) -> Outcome:
+    """Deduplicate within the batch and against all of silver, then append the first arrivals.
+
+    History is read only for the event days in the batch: a duplicate carries the same body, so
+    the same occurred_at, so memory follows the batch, not silver's size.
+    """
+    import pyarrow.compute as pc
+    from pyiceberg.expressions import In
+
+    candidates = silver.valid(checked).collect()
+    batch = silver.first_arrivals(candidates).collect()
+    catalog = open_catalog(settings)
+    facts_table = ensure_table(catalog, settings, SILVER_FACT_CONVERSIONS)
+    days = [d for d in batch.select("event_date").distinct().to_pydict()["event_date"] if d is not None]
+    history = read_days(
+        facts_table, days, ["event_id", "kafka_timestamp", "source_partition", "source_offset"], io_config(settings)
+    )
+    replaced_ids: list[str] = []
+    inserts = batch
+    if history is not None:
+        inserts, replaced = silver.against_history(batch, history.with_column("arrival_key", silver.arrival_key()))
+        replaced_ids = replaced.to_pydict()["event_id"]
+    rows = silver.facts(inserts).to_arrow()
+    if rows.num_rows and pc.any(pc.equal(rows.column("schema_version"), 2)).as_py():
+        _add_v2_columns(facts_table)
+    dropped = candidates.count_rows() - rows.num_rows + len(replaced_ids)
+    detail = {"facts": rows.num_rows - len(replaced_ids), "duplicates_dropped": dropped,
+              "replaced_by_earlier_arrival": len(replaced_ids)}
+    snapshot = _commit(settings, SILVER_FACT_CONVERSIONS, plan, rows, detail,
+                       delete_filter=In("event_id", replaced_ids) if replaced_ids else None)
+    users = batch.where(col("user_id").not_null()).select("user_id").distinct().to_pydict()["user_id"]
+    return Outcome(rows.num_rows - len(replaced_ids), snapshot, {**detail, "users": sorted(users)})
+
+
+def _add_v2_columns(table) -> None:
+    """Schema evolution for schema_version 2: new optional columns, no data rewritten."""
+    names = {f.name for f in table.schema().fields}
+    missing = [(n, t) for n, t in V2_FACT_COLUMNS if n not in names]
+    if not missing:
+        return
+    try:
+        with table.update_schema() as update:
+            for name, kind in missing:
+                update.add_column(name, kind, doc="schema_version 2")
+    except ValueError:
+        table.refresh()  # a concurrent run added them first
+
+
+@task(cache_policy=NO_CACHE)
+def commit_users(settings: Settings, plan: SilverPlan, users: list[str]) -> Outcome:
+    """Rebuild the touched users' SCD2 versions from all their facts: order-independent by construction."""
+    import pyarrow as pa
+    from pyiceberg.expressions import In
+
+    facts_table = ensure_table(open_catalog(settings), settings, SILVER_FACT_CONVERSIONS)
+    events = read_users(facts_table, users, ["user_id", "occurred_at", "event_id", "user_plan", "user_country"],
+                        io_config(settings))
+    if events is None:
+        rows = pa.table({name: pa.array([], pa.null()) for name in silver.DIM_USER_COLUMNS})
+    else:
+        rows = silver.user_versions(events).to_arrow()
+    snapshot = _commit(settings, SILVER_DIM_USERS, plan, rows, {"users": len(users), "versions": rows.num_rows},
+                       delete_filter=In("user_id", users) if users else None)
+    return Outcome(rows.num_rows, snapshot)
+
+
+@task(cache_policy=NO_CACHE)
+def emit_committed(report: SilverReport) -> None:
+    from prefect.events import emit_event
+
+    for table, snapshot_id in report.committed.items():
+        emit_event(
+            event="lakehouse.table.committed",
+            resource={"prefect.resource.id": f"lakehouse.table.{table}", "lakehouse.layer": "silver"},
+            payload={"snapshot_id": snapshot_id, "run_id": report.run_id, "bronze_to": report.bronze_to},
+        )
+
+
+@flow(name="promote-silver", log_prints=False)
+def silver_flow(settings: Optional[Settings] = None, crash_at: Optional[str] = None) -> dict:
+    """Promote every bronze snapshot not yet in silver; a rerun with nothing new commits nothing."""
+    logger = get_run_logger()
+    settings = settings or load_settings()
+    if crash_at is not None and crash_at not in CRASH_POINTS:
+        raise ValueError(f"crash_at must be one of {CRASH_POINTS}, got {crash_at!r}")
+    began = time.monotonic()
+    plan = plan_silver(settings, str(uuid.uuid4()))
+    report = SilverReport(run_id=plan.run_id)
+    if plan.increment is None:
+        logger.info("silver is up to date with bronze; nothing committed")
+        return report.as_dict()
+    report.bronze_from, report.bronze_to = plan.increment.after, plan.increment.upto
+    use_ray(settings)
+    checked = check_bronze(settings, plan)
+    report.bronze_records = checked.count_rows()
+    _crash_if("read", crash_at)
+    quarantined = commit_rejected(settings, plan, checked)
+    report.rejected, report.reasons = quarantined.rows, quarantined.detail["reasons"]
+    _crash_if("rejected-committed", crash_at)
+    promoted = commit_facts(settings, plan, checked)
+    report.facts = promoted.rows
+    report.duplicates_dropped = promoted.detail["duplicates_dropped"]
+    report.replaced_by_earlier_arrival = promoted.detail["replaced_by_earlier_arrival"]
+    report.users_touched = len(promoted.detail["users"])
+    _crash_if("facts-committed", crash_at)
+    dimension = commit_users(settings, plan, promoted.detail["users"])
+    for spec, outcome in zip(SILVER_TABLES, (quarantined, promoted, dimension)):
+        if outcome.snapshot_id is not None:
+            report.committed[spec.identifier] = outcome.snapshot_id
+    emit_committed(report)
+    report.seconds = round(time.monotonic() - began, 3)
+    logger.info(
+        "silver: %d bronze records -> %d facts, %d rejected %s, %d duplicates dropped, %d users; %.2fs",
+        report.bronze_records, report.facts, report.rejected, report.reasons, report.duplicates_dropped,
+        report.users_touched, report.seconds,
+    )
+    return report.as_dict()

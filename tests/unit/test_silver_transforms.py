@@ -1,0 +1,234 @@
+"""Silver's pure transforms on a handful of rows: every reason code, dedup, and SCD2 as a property."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import date, datetime, timedelta, timezone
+
+import daft
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+
+from tasks.transforms import silver
+from tasks.transforms.contract import FIELDS, REASONS, check_event, check_events
+
+KAFKA_TS = datetime(2024, 12, 25, 12, 0, tzinfo=timezone.utc)
+KAFKA_US = int(KAFKA_TS.timestamp() * 1_000_000)
+LIMIT = 64 * 1024
+
+
+def event(**overrides) -> dict:
+    base = {
+        "event_id": "6f1c2a7e-3b7d-4a53-9f1e-0c6a2d9b4e11", "event_type": "conversion", "schema_version": 1,
+        "occurred_at": "2024-12-25T10:15:30.123Z", "user_id": "u-00042", "user_plan": "pro",
+        "user_country": "DE", "direction": "to_roman", "input": "1994", "output": "MCMXCIV", "success": True,
+        "error_code": None, "latency_ms": 3.2, "endpoint": "/v1/to-roman", "http_status": 200, "client": "web",
+    }
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not _DROP}
+
+
+_DROP = object()
+
+
+def raw(**overrides) -> bytes:
+    return json.dumps(event(**overrides)).encode()
+
+
+def reasons(value: bytes | None) -> list[str]:
+    return check_event(value, KAFKA_US, LIMIT)["reason_codes"]
+
+
+def test_the_contract_example_is_valid():
+    out = check_event(raw(), KAFKA_US, LIMIT)
+    assert out["reason_codes"] == [] and out["numeral_value"] == 1994
+    assert out["occurred_at_us"] == int(datetime(2024, 12, 25, 10, 15, 30, 123000, tzinfo=timezone.utc).timestamp() * 1e6)
+
+
+@pytest.mark.parametrize(
+    "value, code",
+    [
+        (b"x" * (LIMIT + 1), "OVERSIZED"),
+        (b'{"event_id": "trunc', "MALFORMED_JSON"),
+        (b"\xff\xfe\x00", "MALFORMED_JSON"),
+        (b"", "MALFORMED_JSON"),
+        (None, "MALFORMED_JSON"),
+        (b"[1, 2]", "NOT_AN_OBJECT"),
+        (b'"a string"', "NOT_AN_OBJECT"),
+        (raw(occurred_at=_DROP), "MISSING_FIELD"),
+        (raw(schema_version=2), "MISSING_FIELD"),  # v2 needs region and cache_hit
+        (raw(latency_ms="fast"), "BAD_TYPE"),
+        (raw(success="yes"), "BAD_TYPE"),
+        (raw(http_status=True), "BAD_TYPE"),
+        (raw(event_id="not-a-uuid"), "BAD_TYPE"),
+        (raw(occurred_at="2024-12-25 10:15:30"), "BAD_TYPE"),
+        (raw(schema_version=3), "UNKNOWN_SCHEMA_VERSION"),
+        (raw(user_plan="platinum"), "BAD_ENUM"),
+        (raw(direction="to_klingon"), "BAD_ENUM"),
+        (raw(event_type="click"), "BAD_ENUM"),
+        (raw(user_country="Germany"), "BAD_ENUM"),
+        (raw(output="MCMXCV"), "WRONG_CONVERSION"),
+        (raw(direction="from_roman", endpoint="/v1/from-roman", input="XIV", output="15"), "WRONG_CONVERSION"),
+        (raw(success=True, error_code="OUT_OF_RANGE"), "INCONSISTENT_ERROR"),
+        (raw(success=False, output=None, http_status=422, error_code=None), "INCONSISTENT_ERROR"),
+        (raw(latency_ms=-0.5), "NEGATIVE_LATENCY"),
+        (raw(occurred_at="2024-12-25T12:06:00Z"), "FUTURE_EVENT"),
+    ],
+)
+def test_every_reason_code(value, code):
+    assert code in reasons(value)
+
+
+def test_all_reason_codes_are_covered_above():
+    covered = {"OVERSIZED", "MALFORMED_JSON", "NOT_AN_OBJECT", "MISSING_FIELD", "BAD_TYPE", "UNKNOWN_SCHEMA_VERSION",
+               "BAD_ENUM", "WRONG_CONVERSION", "INCONSISTENT_ERROR", "NEGATIVE_LATENCY", "FUTURE_EVENT"}
+    assert covered == set(REASONS)
+
+
+def test_several_reasons_are_all_reported():
+    codes = reasons(raw(latency_ms=-1, user_plan="gold", output="X"))
+    assert {"NEGATIVE_LATENCY", "BAD_ENUM", "WRONG_CONVERSION"} <= set(codes)
+
+
+def test_valid_failures_and_v2_events_pass():
+    failure = raw(input="4000", output=None, success=False, error_code="OUT_OF_RANGE", http_status=422)
+    v2 = raw(schema_version=2, region="eu-west-1", cache_hit=True)
+    anonymous = raw(user_id=None, user_plan=None, user_country=None)
+    within_tolerance = raw(occurred_at="2024-12-25T12:04:00Z")
+    for value in (failure, v2, anonymous, within_tolerance):
+        assert reasons(value) == [], value
+
+
+@given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+@hsettings(max_examples=300, deadline=None)
+def test_no_input_crashes_the_checker(value):
+    out = check_event(value, KAFKA_US, LIMIT)
+    assert out["reason_codes"], "random bytes are never a valid event"
+
+
+def test_fast_path_agrees_with_the_full_check():
+    values = [raw(), raw(output="X"), b"[]", None, raw(schema_version=2, region="eu", cache_hit=False), raw(latency_ms=-1)]
+    fast = check_events(values, [KAFKA_US] * len(values), LIMIT)
+    assert fast == [tuple(check_event(v, KAFKA_US, LIMIT)[f] for f in FIELDS) for v in values]
+
+
+# ---- frames ------------------------------------------------------------------------------------
+
+def bronze(values, partitions=None, offsets=None, timestamps=None) -> daft.DataFrame:
+    n = len(values)
+    return daft.from_pydict({
+        "topic": ["t"] * n,
+        "partition": partitions or [0] * n,
+        "offset": offsets or list(range(n)),
+        "kafka_timestamp": timestamps or [KAFKA_TS] * n,
+        "value": values,
+        "bronze_snapshot_id": [42] * n,
+    })
+
+
+def test_every_record_is_either_a_fact_candidate_or_quarantined():
+    checked = silver.validate(bronze([raw(), b"nope", raw(output="X"), b""]), LIMIT).collect()
+    quarantine = silver.rejected(checked).to_pylist()
+    assert [r["source_offset"] for r in quarantine] == [1, 2, 3]
+    assert quarantine[0]["value"] == b"nope" and quarantine[0]["bronze_snapshot_id"] == 42
+    assert quarantine[1]["reason_codes"] == ["WRONG_CONVERSION"] and "expected 'MCMXCIV'" in quarantine[1]["reject_detail"]
+    facts = silver.valid(checked).to_pylist()
+    assert len(facts) == 1 and facts[0]["event_date"] == date(2024, 12, 25) and facts[0]["source_offset"] == 0
+
+
+def test_first_arrival_wins_within_a_batch():
+    later, earlier = KAFKA_TS, KAFKA_TS - timedelta(minutes=1)
+    frame = bronze([raw(), raw(), raw()], partitions=[2, 1, 0], offsets=[5, 9, 7], timestamps=[later, earlier, earlier])
+    kept = silver.first_arrivals(silver.valid(silver.validate(frame, LIMIT))).to_pylist()
+    assert [(r["source_partition"], r["source_offset"]) for r in kept] == [(0, 7)]
+
+
+def test_history_drops_later_duplicates_and_yields_to_earlier_arrivals():
+    batch = silver.valid(silver.validate(bronze([raw(), raw(event_id="6f1c2a7e-3b7d-4a53-9f1e-0c6a2d9b4e12"),
+                                                 raw(event_id="6f1c2a7e-3b7d-4a53-9f1e-0c6a2d9b4e13")]), LIMIT))
+    history = daft.from_pydict({
+        "event_id": ["6f1c2a7e-3b7d-4a53-9f1e-0c6a2d9b4e11", "6f1c2a7e-3b7d-4a53-9f1e-0c6a2d9b4e12"],
+        "kafka_timestamp": [KAFKA_TS - timedelta(days=2), KAFKA_TS + timedelta(days=2)],
+        "source_partition": [0, 0],
+        "source_offset": [0, 0],
+    }).with_column("arrival_key", silver.arrival_key())
+    inserts, replaced = silver.against_history(batch, history)
+    ids = sorted(r["event_id"][-2:] for r in inserts.to_pylist())
+    assert ids == ["12", "13"]  # 11 is a later duplicate; 12 arrived before the stored copy
+    assert [r["event_id"][-2:] for r in replaced.to_pylist()] == ["12"]
+
+
+# ---- SCD2 users ---------------------------------------------------------------------------------
+
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def facts_frame(rows: list[tuple[str | None, int, str, str, str]]) -> daft.DataFrame:
+    return daft.from_pydict({
+        "user_id": [r[0] for r in rows],
+        "occurred_at": [T0 + timedelta(minutes=r[1]) for r in rows],
+        "event_id": [r[2] for r in rows],
+        "user_plan": [r[3] for r in rows],
+        "user_country": [r[4] for r in rows],
+    })
+
+
+def dimension(rows) -> list[tuple]:
+    out = silver.user_versions(facts_frame(rows)).to_pylist()
+    rows = [(r["user_id"], r["valid_from"], r["valid_to"], r["user_plan"], r["user_country"], r["is_current"], r["user_sk"])
+            for r in out]
+    return sorted(rows, key=_order)
+
+
+def _order(d):
+    return (d[0], d[1], d[2] is None, d[2] or T0, d[6])
+
+
+def test_versions_are_maximal_runs_and_anonymous_is_ignored():
+    rows = [("u1", 0, "a", "free", "DE"), ("u1", 5, "b", "free", "DE"), ("u1", 10, "c", "pro", "DE"),
+            ("u1", 20, "d", "free", "DE"), (None, 3, "e", None, None)]
+    dim = dimension(rows)
+    assert [(d[3], d[1], d[2], d[5]) for d in dim] == [
+        ("free", T0, T0 + timedelta(minutes=10), False),
+        ("pro", T0 + timedelta(minutes=10), T0 + timedelta(minutes=20), False),
+        ("free", T0 + timedelta(minutes=20), None, True),
+    ]
+
+
+def test_ties_on_occurred_at_break_by_event_id():
+    dim = dimension([("u1", 0, "b", "pro", "DE"), ("u1", 0, "a", "free", "DE")])
+    assert [(d[3], d[2], d[5]) for d in dim] == [("free", T0, False), ("pro", None, True)]
+    assert dim[0][6] != dim[1][6]  # two versions starting at the same instant keep distinct keys
+
+
+EVENTS = st.lists(
+    st.tuples(
+        st.sampled_from(["u1", "u2", "u3", None]),
+        st.integers(min_value=0, max_value=40),
+        st.sampled_from(["free", "pro", "enterprise"]),
+        st.sampled_from(["DE", "FR"]),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@given(EVENTS, st.randoms(use_true_random=False), st.integers(min_value=1, max_value=4))
+@hsettings(max_examples=40, deadline=None)
+def test_scd2_is_the_same_for_any_arrival_order_and_batching(events, rng, batches):
+    """Folding shuffled batches one at a time, as silver does, equals the dimension of all events."""
+    rows = [(u, minute, f"e{i:03d}", plan, country) for i, (u, minute, plan, country) in enumerate(events)]
+    expected = dimension(rows)
+    shuffled = rows[:]
+    rng.shuffle(shuffled)
+    cuts = sorted(rng.sample(range(1, len(rows)), min(batches - 1, len(rows) - 1))) if len(rows) > 1 else []
+    seen: list = []
+    dim: dict[str, list] = {}
+    for chunk in [shuffled[i:j] for i, j in zip([0, *cuts], [*cuts, len(rows)])]:
+        seen += chunk
+        touched = {r[0] for r in chunk if r[0] is not None}
+        # silver rebuilds only the touched users, from all their facts so far
+        for user in touched:
+            dim[user] = [d for d in dimension([r for r in seen if r[0] == user])]
+    assert sorted((d for versions in dim.values() for d in versions), key=_order) == expected

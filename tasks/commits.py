@@ -8,6 +8,7 @@ table's latest is refused, so two concurrent runs can never both land the same r
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Callable, Mapping
 
 import pyarrow as pa
@@ -104,7 +105,9 @@ def commit_rows(
         raise RuntimeError(f"{table.name()} must have commit.retry.num-retries=0 for exactly-once commits")
     transaction = table.transaction()
     if delete_filter is not None:
-        transaction.delete(delete_filter, snapshot_properties=dict(summary))
+        with warnings.catch_warnings():  # "did not match any records" is an expected outcome here
+            warnings.simplefilter("ignore", UserWarning)
+            transaction.delete(delete_filter, snapshot_properties=dict(summary))
     transaction.append(rows, snapshot_properties=dict(summary))
     on_stage("files-written")
     try:

@@ -197,15 +197,12 @@ def run_ingest(
     from flows.ingest import ingest_flow
     from tasks.commits import OffsetsMovedError
 
-    while True:
-        try:
-            report = ingest_flow(max_records=max_records, max_bytes=max_bytes, max_seconds=max_seconds,
-                                 settings=s, crash_at=crash_at)
-        except OffsetsMovedError as exc:
-            fail(f"another ingest run committed first; rerun to continue ({exc})", 3)
-        out.print_json(json.dumps(report))
-        if not until_caught_up or report["lag_left"] == 0 or report["records"] == 0:
-            break
+    try:
+        report = ingest_flow(max_records=max_records, max_bytes=max_bytes, max_seconds=max_seconds,
+                             max_batches=1_000_000 if until_caught_up else 1, settings=s, crash_at=crash_at)
+    except OffsetsMovedError as exc:
+        fail(f"another ingest run committed first; rerun to continue ({exc})", 3)
+    out.print_json(json.dumps(report))
 
 
 @run_app.command("silver")
@@ -220,6 +217,21 @@ def run_silver(crash_at: Optional[str] = typer.Option(None, hidden=True, help="t
         report = silver_flow(settings=s, crash_at=crash_at)
     except StaleCommitError as exc:
         fail(f"another silver run committed first; rerun to continue ({exc})", 3)
+    out.print_json(json.dumps(report))
+
+
+@run_app.command("gold")
+def run_gold(full: bool = typer.Option(False, "--full", help="rebuild every day and user, not only what silver touched")) -> None:
+    """Rebuild gold for the days and users that silver commits touched since the last build."""
+    s = settings()
+    _prefect_client_env(s)
+    from flows.gold import gold_flow
+    from tasks.commits import StaleCommitError
+
+    try:
+        report = gold_flow(full=full, settings=s)
+    except StaleCommitError as exc:
+        fail(f"another gold build committed first; rerun to continue ({exc})", 3)
     out.print_json(json.dumps(report))
 
 

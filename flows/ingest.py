@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Optional
 
+import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -80,20 +81,25 @@ def plan_batch(settings: Settings, limits: BatchLimits, run_id: str) -> BatchPla
     marks = watermarks(settings, topic)
     done = expected.get(topic, {})
     deadline = time.time() + limits.max_seconds
-    share = max(1, len(marks))
-    ranges, lost = [], {}
+    starts, lost = {}, {}
     for partition, (low, high) in marks.items():
         start = done.get(partition, low)
         if start < low:  # retention deleted records bronze never saw: say so loudly
             lost[partition] = low - start
             start = low
         if start < high:
-            ranges.append(PartitionRange(
-                topic, partition, start, high,
-                max_records=max(1, limits.max_records // share),
-                max_bytes=max(1, limits.max_bytes // share),
-                deadline=deadline,
-            ))
+            starts[partition] = (start, high)
+    # Share the batch budget by lag, so an uneven spread doesn't leave a tiny tail batch.
+    total_lag = sum(high - start for start, high in starts.values()) or 1
+    ranges = [
+        PartitionRange(
+            topic, partition, start, high,
+            max_records=max(1, limits.max_records * (high - start) // total_lag),
+            max_bytes=max(1, limits.max_bytes * (high - start) // total_lag),
+            deadline=deadline,
+        )
+        for partition, (start, high) in starts.items()
+    ]
     return BatchPlan(run_id, topic, expected, ranges, lost)
 
 
@@ -140,19 +146,33 @@ def ingest_flow(
     max_records: Optional[int] = None,
     max_bytes: Optional[int] = None,
     max_seconds: Optional[float] = None,
+    max_batches: int = 1,
     settings: Optional[Settings] = None,
     crash_at: Optional[str] = None,
 ) -> dict:
-    """One micro-batch from Kafka into bronze.conversion_events_raw."""
+    """Micro-batches from Kafka into bronze.conversion_events_raw, one commit each, until there
+    is no lag or ``max_batches`` were committed. Returns the last batch's report, with totals."""
     logger = get_run_logger()
     settings = settings or load_settings()
     if crash_at is not None and crash_at not in CRASH_POINTS:
         raise ValueError(f"crash_at must be one of {CRASH_POINTS}, got {crash_at!r}")
+    if max_batches < 1:
+        raise ValueError(f"max_batches must be at least 1, got {max_batches}")
     limits = BatchLimits(
         max_records or settings.ingest_max_records,
         max_bytes or settings.ingest_max_bytes,
         max_seconds or settings.ingest_max_seconds,
     )
+    total, batches = 0, 0
+    while True:
+        report = _ingest_batch(settings, limits, crash_at, logger)
+        total += report["records"]
+        batches += 1 if report["records"] else 0
+        if report["lag_left"] == 0 or report["records"] == 0 or batches >= max_batches:
+            return {**report, "batches": batches, "total_records": total}
+
+
+def _ingest_batch(settings: Settings, limits: BatchLimits, crash_at: str | None, logger) -> dict:
     began = time.monotonic()
     run_id = str(uuid.uuid4())
     plan = plan_batch(settings, limits, run_id)
@@ -179,6 +199,8 @@ def ingest_flow(
     commit_consumer_group(settings, report)
     emit_committed(report)
     report.seconds = round(time.monotonic() - began, 3)
+    del batches
+    pa.default_memory_pool().release_unused()  # give the batch's buffers back before the next one
     logger.info(
         "bronze batch: %d records, %d bytes, %d partitions, offsets %s -> %s, lag left %d, %.2fs, snapshot %s",
         report.records, report.bytes, report.partitions, report.offsets_from, report.offsets_to,

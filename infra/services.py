@@ -525,7 +525,16 @@ class RayHead(Service):
             "--disable-usage-stats",
             "--num-cpus=2",
         ]
-        return command, {**self.base_env(), **ray_env(s), "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {
+            **self.base_env(),
+            **ray_env(s),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # Keep warm workers between micro-batches: by default the head keeps only num_cpus
+            # idle workers and kills them after 1 s, so every batch paid a cold worker start.
+            "RAY_num_workers_soft_limit": "8",
+            "RAY_idle_worker_killing_time_threshold_ms": "300000",
+        }
+        return command, env
 
     def check_health(self) -> str | None:
         ray = str(Path(sys.executable).with_name("ray"))

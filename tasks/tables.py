@@ -13,7 +13,7 @@ from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC, PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
-from pyiceberg.transforms import DayTransform
+from pyiceberg.transforms import DayTransform, IdentityTransform
 from pyiceberg.types import (
     BinaryType,
     BooleanType,
@@ -160,11 +160,74 @@ SILVER_DIM_USERS = TableSpec(
     properties=_EXACTLY_ONCE,
 )
 
+def _columns(*fields: tuple[str, object]) -> Schema:
+    """A schema of optional columns with ids 1..n, in order."""
+    return Schema(*(NestedField(i, name, kind, required=False) for i, (name, kind) in enumerate(fields, start=1)))
+
+
+def _identity(schema: Schema, column: str) -> PartitionSpec:
+    source = schema.find_field(column).field_id
+    return PartitionSpec(PartitionField(source_id=source, field_id=1000, transform=IdentityTransform(), name=column))
+
+
+_DAILY_METRICS = _columns(
+    ("event_date", DateType()), ("direction", StringType()), ("requests", LongType()), ("successes", LongType()),
+    ("failures", LongType()), ("success_rate", DoubleType()), ("unique_users", LongType()),
+    ("anonymous_requests", LongType()), ("avg_latency_ms", DoubleType()), ("p50_latency_ms", DoubleType()),
+    ("p95_latency_ms", DoubleType()), ("p99_latency_ms", DoubleType()),
+)
+_PLAN_METRICS = _columns(
+    ("event_date", DateType()), ("user_plan", StringType()), ("requests", LongType()), ("successes", LongType()),
+    ("unique_users", LongType()),
+)
+_HOURLY = _columns(
+    ("event_hour", TimestamptzType()), ("endpoint", StringType()), ("http_status", IntegerType()),
+    ("requests", LongType()), ("avg_latency_ms", DoubleType()), ("p95_latency_ms", DoubleType()),
+    ("event_date", DateType()),
+)
+
+GOLD_DIM_DATE = TableSpec(
+    identifier="gold.dim_date",
+    schema=_columns(
+        ("date", DateType()), ("year", IntegerType()), ("quarter", IntegerType()), ("month", IntegerType()),
+        ("day", IntegerType()), ("iso_week", IntegerType()), ("day_of_week", IntegerType()),
+        ("is_weekend", BooleanType()),
+    ),
+    properties=_EXACTLY_ONCE,
+)
+GOLD_DAILY_CONVERSION_METRICS = TableSpec(
+    identifier="gold.daily_conversion_metrics", schema=_DAILY_METRICS,
+    partition_spec=_identity(_DAILY_METRICS, "event_date"), properties=_EXACTLY_ONCE,
+)
+GOLD_DAILY_PLAN_METRICS = TableSpec(
+    identifier="gold.daily_plan_metrics", schema=_PLAN_METRICS,
+    partition_spec=_identity(_PLAN_METRICS, "event_date"), properties=_EXACTLY_ONCE,
+)
+GOLD_USER_ACTIVITY_SUMMARY = TableSpec(
+    identifier="gold.user_activity_summary",
+    schema=_columns(
+        ("user_id", StringType()), ("first_seen_at", TimestamptzType()), ("last_seen_at", TimestamptzType()),
+        ("requests", LongType()), ("successes", LongType()), ("failures", LongType()), ("active_days", LongType()),
+        ("to_roman_requests", LongType()), ("from_roman_requests", LongType()), ("current_plan", StringType()),
+        ("current_country", StringType()),
+    ),
+    properties=_EXACTLY_ONCE,
+)
+GOLD_HOURLY_API_USAGE = TableSpec(
+    identifier="gold.hourly_api_usage", schema=_HOURLY,
+    partition_spec=_identity(_HOURLY, "event_date"), properties=_EXACTLY_ONCE,
+)
+GOLD_TABLES = (
+    GOLD_DIM_DATE, GOLD_DAILY_CONVERSION_METRICS, GOLD_DAILY_PLAN_METRICS, GOLD_USER_ACTIVITY_SUMMARY,
+    GOLD_HOURLY_API_USAGE,
+)
+
 ALL_TABLES: tuple[TableSpec, ...] = (
     BRONZE_CONVERSION_EVENTS_RAW,
     SILVER_FACT_CONVERSIONS,
     SILVER_CONVERSION_EVENTS_REJECTED,
     SILVER_DIM_USERS,
+    *GOLD_TABLES,
 )
 
 

@@ -1,0 +1,229 @@
+"""Silver → gold: recompute only the days and users that silver commits touched.
+
+The touched set comes from the data files silver appended since gold's watermark (their
+occurred_day partitions, and the user_ids inside those files), never from a full scan. Each gold
+table is then replaced for exactly those keys in one atomic overwrite, recording the silver
+snapshot it was built from. ``full=True`` rebuilds every key.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+from typing import Optional
+
+import daft
+from daft import col
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pyiceberg.expressions import AlwaysTrue, In
+
+from tasks.catalog import io_config, open_catalog
+from tasks.commits import REPORT_KEY, RUN_ID_KEY, commit_rows, conform, upstream_key, upstream_snapshot
+from tasks.compute import use_ray
+from tasks.scans import plan_increment, read_days, read_users
+from tasks.settings import Settings, load_settings
+from tasks.tables import (
+    GOLD_DAILY_CONVERSION_METRICS,
+    GOLD_DAILY_PLAN_METRICS,
+    GOLD_DIM_DATE,
+    GOLD_HOURLY_API_USAGE,
+    GOLD_TABLES,
+    GOLD_USER_ACTIVITY_SUMMARY,
+    SILVER_DIM_USERS,
+    SILVER_FACT_CONVERSIONS,
+    TableSpec,
+    ensure_table,
+)
+from tasks.transforms import gold
+
+UPSTREAM = SILVER_FACT_CONVERSIONS.identifier
+EPOCH = date(1970, 1, 1)
+FACT_COLUMNS = ["event_id", "event_date", "occurred_at", "user_id", "user_plan", "success", "direction",
+                "latency_ms", "endpoint", "http_status"]
+
+
+@dataclass(frozen=True)
+class GoldPlan:
+    run_id: str
+    upto: int | None  # silver snapshot to build from; None: nothing to do
+    watermarks: dict[str, int | None]
+    days: tuple[date, ...] = ()
+    users: tuple[str, ...] = ()
+    full: bool = False
+
+
+@dataclass
+class GoldReport:
+    run_id: str
+    silver_from: Optional[int] = None
+    silver_to: Optional[int] = None
+    full: bool = False
+    days: int = 0
+    users: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+    committed: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@task(cache_policy=NO_CACHE)
+def plan_gold(settings: Settings, run_id: str, full: bool) -> GoldPlan:
+    """The silver snapshot to build from and the days and users its new files touched."""
+    catalog = open_catalog(settings)
+    facts = ensure_table(catalog, settings, SILVER_FACT_CONVERSIONS)
+    watermarks = {spec.identifier: upstream_snapshot(ensure_table(catalog, settings, spec), UPSTREAM)
+                  for spec in GOLD_TABLES}
+    current = facts.current_snapshot()
+    if current is None:
+        return GoldPlan(run_id, None, watermarks)
+    marks = set(watermarks.values())
+    if full:
+        return GoldPlan(run_id, current.snapshot_id, watermarks, full=True)
+    if len(marks) > 1:  # an earlier build crashed between tables: finish exactly its range
+        upto = max(m for m in marks if m is not None)
+    elif current.snapshot_id in marks:
+        return GoldPlan(run_id, None, watermarks)
+    else:
+        upto = current.snapshot_id
+    after = None if None in marks else _oldest(facts, list(marks))
+    increment = plan_increment(facts, after, upto)
+    days = set()
+    for task_ in facts.incremental_append_scan(from_snapshot_id_exclusive=after, to_snapshot_id_inclusive=upto).plan_files():
+        day = task_.file.partition[0]
+        if day is not None:
+            days.add(EPOCH + timedelta(days=day))
+    users: list[str] = []
+    if increment.files:
+        added = daft.read_parquet(list(increment.files), io_config=io_config(settings))
+        users = [u for u in added.select("user_id").distinct().to_pydict()["user_id"] if u is not None]
+    return GoldPlan(run_id, upto, watermarks, tuple(sorted(days)), tuple(sorted(users)))
+
+
+def _oldest(table, snapshot_ids: list[int]) -> int:
+    order = {s.snapshot_id: s.sequence_number for s in table.metadata.snapshots}
+    return min(snapshot_ids, key=lambda sid: order.get(sid, -1))
+
+
+def _replace(settings: Settings, spec: TableSpec, plan: GoldPlan, frame, delete_filter, report: dict) -> int | None:
+    """Replace the keys of one gold table atomically, unless it is already built this far."""
+    expected = plan.watermarks[spec.identifier]
+    if expected == plan.upto and not plan.full:
+        return None
+    table = ensure_table(open_catalog(settings), settings, spec)
+    rows = frame.to_arrow() if frame is not None else table.schema().as_arrow().empty_table()
+    summary = {upstream_key(UPSTREAM): str(plan.upto), RUN_ID_KEY: plan.run_id,
+               REPORT_KEY: json.dumps({**report, "rows": rows.num_rows}, default=str)}
+    return commit_rows(table, conform(rows, table), summary,
+                       still_current=lambda t: upstream_snapshot(t, UPSTREAM) == expected,
+                       delete_filter=delete_filter)
+
+
+@task(cache_policy=NO_CACHE)
+def build_daily_tables(settings: Settings, plan: GoldPlan) -> dict[str, int]:
+    """Daily conversion, daily plan and hourly usage for the touched days; returns snapshot ids."""
+    catalog = open_catalog(settings)
+    facts_table = catalog.load_table(UPSTREAM)
+    users_table = ensure_table(catalog, settings, SILVER_DIM_USERS)
+    days = list(plan.days)
+    if plan.full:
+        facts = daft.read_iceberg(facts_table, io_config=io_config(settings)).select(*FACT_COLUMNS).collect()
+        days = [d for d in facts.select("event_date").distinct().to_pydict()["event_date"] if d is not None]
+        where = AlwaysTrue()
+    else:
+        facts = read_days(facts_table, days, FACT_COLUMNS, io_config(settings))
+        facts = facts.collect() if facts is not None else None
+        where = In("event_date", days) if days else None
+    dim = daft.read_iceberg(users_table, io_config=io_config(settings)) if users_table.current_snapshot() else None
+    report = {"days": len(days)}
+    out = {}
+    tables = (
+        (GOLD_DAILY_CONVERSION_METRICS, lambda f: gold.daily_conversion_metrics(f)),
+        (GOLD_DAILY_PLAN_METRICS, lambda f: gold.daily_plan_metrics(f, dim) if dim is not None else None),
+        (GOLD_HOURLY_API_USAGE, lambda f: gold.hourly_api_usage(f)),
+    )
+    for spec, build in tables:
+        frame = build(facts) if facts is not None else None
+        snapshot = _replace(settings, spec, plan, frame, where, report)
+        if snapshot is not None:
+            out[spec.identifier] = snapshot
+    return out
+
+
+@task(cache_policy=NO_CACHE)
+def build_user_summary(settings: Settings, plan: GoldPlan) -> dict[str, int]:
+    catalog = open_catalog(settings)
+    facts_table = catalog.load_table(UPSTREAM)
+    users_table = ensure_table(catalog, settings, SILVER_DIM_USERS)
+    if plan.full:
+        facts = daft.read_iceberg(facts_table, io_config=io_config(settings)).select(*FACT_COLUMNS)
+        where = AlwaysTrue()
+    else:
+        facts = read_users(facts_table, list(plan.users), FACT_COLUMNS, io_config(settings))
+        where = In("user_id", list(plan.users)) if plan.users else None
+    dim = daft.read_iceberg(users_table, io_config=io_config(settings)) if users_table.current_snapshot() else None
+    frame = gold.user_activity_summary(facts, dim) if facts is not None and dim is not None else None
+    snapshot = _replace(settings, GOLD_USER_ACTIVITY_SUMMARY, plan, frame, where, {"users": len(plan.users)})
+    return {GOLD_USER_ACTIVITY_SUMMARY.identifier: snapshot} if snapshot is not None else {}
+
+
+@task(cache_policy=NO_CACHE)
+def build_dim_date(settings: Settings, plan: GoldPlan) -> dict[str, int]:
+    """Calendar rows from the first to the last day with data; tiny, so always rewritten whole."""
+    catalog = open_catalog(settings)
+    facts_table = catalog.load_table(UPSTREAM)
+    table = ensure_table(catalog, settings, GOLD_DIM_DATE)
+    days = set(plan.days)
+    if plan.full:
+        days = set()
+    elif table.current_snapshot() is not None:
+        existing = table.scan(selected_fields=("date",)).to_arrow().column("date").to_pylist()
+        days.update(existing)
+    if plan.full or not days:
+        for task_ in facts_table.scan().plan_files():
+            day = task_.file.partition[0]
+            if day is not None:
+                days.add(EPOCH + timedelta(days=day))
+    frame = gold.dim_date(min(days), max(days)) if days else None
+    snapshot = _replace(settings, GOLD_DIM_DATE, plan, frame, AlwaysTrue(), {"days": len(days)})
+    return {GOLD_DIM_DATE.identifier: snapshot} if snapshot is not None else {}
+
+
+@task(cache_policy=NO_CACHE)
+def emit_committed(report: GoldReport) -> None:
+    from prefect.events import emit_event
+
+    for table, snapshot_id in report.committed.items():
+        emit_event(
+            event="lakehouse.table.committed",
+            resource={"prefect.resource.id": f"lakehouse.table.{table}", "lakehouse.layer": "gold"},
+            payload={"snapshot_id": snapshot_id, "run_id": report.run_id, "upstream_snapshot_id": report.silver_to},
+        )
+
+
+@flow(name="build-gold", log_prints=False)
+def gold_flow(full: bool = False, settings: Optional[Settings] = None) -> dict:
+    """Rebuild gold for what changed in silver (or everything with ``full``); nothing new, no commit."""
+    logger = get_run_logger()
+    settings = settings or load_settings()
+    began = time.monotonic()
+    use_ray(settings)  # before any Daft work: the runner can be chosen only once per process
+    plan = plan_gold(settings, str(uuid.uuid4()), full)
+    report = GoldReport(run_id=plan.run_id, full=full)
+    if plan.upto is None:
+        logger.info("gold is up to date with silver; nothing committed")
+        return report.as_dict()
+    report.silver_to, report.days, report.users = plan.upto, len(plan.days), len(plan.users)
+    report.committed.update(build_dim_date(settings, plan))
+    report.committed.update(build_daily_tables(settings, plan))
+    report.committed.update(build_user_summary(settings, plan))
+    emit_committed(report)
+    report.seconds = round(time.monotonic() - began, 3)
+    logger.info("gold: %s build of %d days and %d users from silver snapshot %s; %.2fs",
+                "full" if full else "incremental", report.days, report.users, plan.upto, report.seconds)
+    return report.as_dict()

@@ -3,7 +3,6 @@ batches, late data, v2 schema evolution, crashes between commits, and idempotent
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,74 +11,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tasks.catalog import ensure_namespaces, open_catalog
-from tasks.commits import append_with_offsets, latest_offsets
-from tasks.settings import load_settings
-from tasks.tables import (
-    BRONZE_CONVERSION_EVENTS_RAW,
-    SILVER_CONVERSION_EVENTS_REJECTED,
-    SILVER_DIM_USERS,
-    SILVER_FACT_CONVERSIONS,
-    ensure_table,
-)
-from tasks.transforms.bronze import RecordColumns, records_to_arrow
+from tasks.catalog import open_catalog
+from tasks.tables import SILVER_CONVERSION_EVENTS_REJECTED, SILVER_DIM_USERS, SILVER_FACT_CONVERSIONS
 from tests.conftest import ROOT
+from tests.integration.private_lakehouse import NOW, land_in_bronze, make_event, private_env
 
 pytestmark = pytest.mark.stack
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
-
-
-def private_env(tmp_path) -> dict[str, str]:
-    return {
-        "LAKEHOUSE_PROFILE": "embedded",
-        "LAKEHOUSE_STATE_DIR": str(ROOT / ".lakehouse"),  # the stack's Ray token lives there
-        "LAKEHOUSE_CATALOG_URI": f"sqlite:///{tmp_path / 'catalog.db'}",
-        "LAKEHOUSE_WAREHOUSE": (tmp_path / "warehouse").as_uri(),
-        "LAKEHOUSE_RAY_ADDRESS": "auto",
-    }
-
-
-@pytest.fixture
-def private(tmp_path, monkeypatch, stack_settings):
-    for key in [k for k in os.environ if k.startswith("LAKEHOUSE_")]:
-        monkeypatch.delenv(key)
-    env = private_env(tmp_path)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    settings = load_settings()
-    (tmp_path / "warehouse").mkdir()
-    ensure_namespaces(open_catalog(settings), settings)
-    return settings
-
-
-def make_event(n: int, *, occurred: datetime = NOW - timedelta(minutes=5), user: str | None = "u-1",
-               plan: str = "free", version: int = 1, **extra) -> bytes:
-    body = {
-        "event_id": str(uuid.UUID(int=n)), "event_type": "conversion", "schema_version": version,
-        "occurred_at": occurred.isoformat().replace("+00:00", "Z"), "user_id": user,
-        "user_plan": plan if user else None, "user_country": "DE" if user else None,
-        "direction": "to_roman", "input": "4", "output": "IV", "success": True, "error_code": None,
-        "latency_ms": 1.5, "endpoint": "/v1/to-roman", "http_status": 200, "client": "cli",
-    }
-    if version == 2:
-        body.update({"region": "eu-west-1", "cache_hit": True})
-    body.update(extra)
-    return json.dumps(body).encode()
-
-
-def land_in_bronze(settings, values: list[bytes | None], at: datetime = NOW) -> None:
-    """Append records to bronze as the ingest would, continuing partition 0's offsets."""
-    table = ensure_table(open_catalog(settings), settings, BRONZE_CONVERSION_EVENTS_RAW)
-    expected = latest_offsets(table)
-    start = expected.get("t", {}).get(0, 0)
-    columns = RecordColumns(
-        offsets=list(range(start, start + len(values))),
-        timestamps_ms=[int(at.timestamp() * 1000)] * len(values),
-        keys=[None] * len(values), values=list(values), headers=[None] * len(values),
-    )
-    rows = records_to_arrow("t", 0, columns, at, "run-" + uuid.uuid4().hex)
-    run_id = rows.column("ingest_run_id")[0].as_py()
-    append_with_offsets(table, rows, expected, {"t": {0: start + len(values)}}, run_id, {})
 
 
 def promote(settings) -> dict:

@@ -1,0 +1,56 @@
+"""A lakehouse of its own for a test: a private SQLite catalog and file warehouse, with the
+stack's Prefect server and Ray head. Bronze is written directly, as the ingest would."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+
+from tasks.catalog import open_catalog
+from tasks.commits import append_with_offsets, latest_offsets
+from tasks.tables import BRONZE_CONVERSION_EVENTS_RAW, ensure_table
+from tasks.transforms.bronze import RecordColumns, records_to_arrow
+from tests.conftest import ROOT
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def private_env(tmp_path) -> dict[str, str]:
+    return {
+        "LAKEHOUSE_PROFILE": "embedded",
+        "LAKEHOUSE_STATE_DIR": str(ROOT / ".lakehouse"),  # the stack's Ray token lives there
+        "LAKEHOUSE_CATALOG_URI": f"sqlite:///{tmp_path / 'catalog.db'}",
+        "LAKEHOUSE_WAREHOUSE": (tmp_path / "warehouse").as_uri(),
+        "LAKEHOUSE_RAY_ADDRESS": "auto",
+    }
+
+
+def make_event(n: int, *, occurred: datetime = NOW - timedelta(minutes=5), user: str | None = "u-1",
+               plan: str = "free", version: int = 1, **extra) -> bytes:
+    body = {
+        "event_id": str(uuid.UUID(int=n)), "event_type": "conversion", "schema_version": version,
+        "occurred_at": occurred.isoformat().replace("+00:00", "Z"), "user_id": user,
+        "user_plan": plan if user else None, "user_country": "DE" if user else None,
+        "direction": "to_roman", "input": "4", "output": "IV", "success": True, "error_code": None,
+        "latency_ms": 1.5, "endpoint": "/v1/to-roman", "http_status": 200, "client": "cli",
+    }
+    if version == 2:
+        body.update({"region": "eu-west-1", "cache_hit": True})
+    body.update(extra)
+    return json.dumps(body).encode()
+
+
+def land_in_bronze(settings, values: list[bytes | None], at: datetime = NOW) -> None:
+    """Append records to bronze as the ingest would, continuing partition 0's offsets."""
+    table = ensure_table(open_catalog(settings), settings, BRONZE_CONVERSION_EVENTS_RAW)
+    expected = latest_offsets(table)
+    start = expected.get("t", {}).get(0, 0)
+    columns = RecordColumns(
+        offsets=list(range(start, start + len(values))),
+        timestamps_ms=[int(at.timestamp() * 1000)] * len(values),
+        keys=[None] * len(values), values=list(values), headers=[None] * len(values),
+    )
+    run_id = "run-" + uuid.uuid4().hex
+    rows = records_to_arrow("t", 0, columns, at, run_id)
+    append_with_offsets(table, rows, expected, {"t": {0: start + len(values)}}, run_id, {})

@@ -70,10 +70,7 @@ def config_show(as_json: bool = typer.Option(False, "--json", help="print JSON")
 def _stack():
     from infra.stack import Stack
 
-    s = settings()
-    if s.profile != "stack":
-        fail("LAKEHOUSE_PROFILE: the stack commands need profile 'stack' (try --config infra/stack.toml)", 2)
-    return Stack(s)
+    return Stack(settings())
 
 
 @stack_app.command("up")

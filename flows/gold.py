@@ -38,7 +38,16 @@ from tasks.tables import (
     TableSpec,
     ensure_table,
 )
+from tasks.orchestration import (
+    RETRY_DELAYS,
+    emit_table_committed,
+    publish_counts,
+    retry_transient,
+    table_lock,
+)
 from tasks.transforms import gold
+
+RETRY = dict(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
 
 UPSTREAM = SILVER_FACT_CONVERSIONS.identifier
 EPOCH = date(1970, 1, 1)
@@ -72,7 +81,7 @@ class GoldReport:
         return asdict(self)
 
 
-@task(cache_policy=NO_CACHE)
+@task(**RETRY)
 def plan_gold(settings: Settings, run_id: str, full: bool) -> GoldPlan:
     """The silver snapshot to build from and the days and users its new files touched."""
     catalog = open_catalog(settings)
@@ -119,9 +128,13 @@ def _replace(settings: Settings, spec: TableSpec, plan: GoldPlan, frame, delete_
     rows = frame.to_arrow() if frame is not None else table.schema().as_arrow().empty_table()
     summary = {upstream_key(UPSTREAM): str(plan.upto), RUN_ID_KEY: plan.run_id,
                REPORT_KEY: json.dumps({**report, "rows": rows.num_rows}, default=str)}
-    return commit_rows(table, conform(rows, table), summary,
-                       still_current=lambda t: upstream_snapshot(t, UPSTREAM) == expected,
-                       delete_filter=delete_filter)
+    with table_lock(spec.identifier):
+        snapshot = commit_rows(table, conform(rows, table), summary,
+                               still_current=lambda t: upstream_snapshot(t, UPSTREAM) == expected,
+                               delete_filter=delete_filter)
+    emit_table_committed(spec.identifier, "gold", snapshot, plan.run_id, rows_written=rows.num_rows,
+                         upstream_snapshot_id=plan.upto)
+    return snapshot
 
 
 @task(cache_policy=NO_CACHE)
@@ -194,22 +207,31 @@ def build_dim_date(settings: Settings, plan: GoldPlan) -> dict[str, int]:
     return {GOLD_DIM_DATE.identifier: snapshot} if snapshot is not None else {}
 
 
-@task(cache_policy=NO_CACHE)
-def emit_committed(report: GoldReport) -> None:
-    from prefect.events import emit_event
+def _publish_latest_day(settings: Settings) -> None:
+    """A markdown artifact with the newest day's metrics, for whoever opens the run in the UI."""
+    from prefect.artifacts import create_markdown_artifact
 
-    for table, snapshot_id in report.committed.items():
-        emit_event(
-            event="lakehouse.table.committed",
-            resource={"prefect.resource.id": f"lakehouse.table.{table}", "lakehouse.layer": "gold"},
-            payload={"snapshot_id": snapshot_id, "run_id": report.run_id, "upstream_snapshot_id": report.silver_to},
-        )
+    table = ensure_table(open_catalog(settings), settings, GOLD_DAILY_CONVERSION_METRICS)
+    rows = table.scan().to_arrow().to_pylist()
+    if not rows:
+        return
+    latest = max(r["event_date"] for r in rows)
+    lines = [f"# Conversions on {latest}", "", "| direction | requests | success rate | users | p95 ms |",
+             "|---|---|---|---|---|"]
+    for r in sorted((r for r in rows if r["event_date"] == latest), key=lambda r: r["direction"]):
+        lines.append(f"| {r['direction']} | {r['requests']} | {r['success_rate']:.1%} | {r['unique_users']} | "
+                     f"{r['p95_latency_ms']:.1f} |")
+    create_markdown_artifact(key="gold-latest-day", markdown="\n".join(lines), description="gold.daily_conversion_metrics")
 
 
-@flow(name="build-gold", log_prints=False)
-def gold_flow(full: bool = False, settings: Optional[Settings] = None) -> dict:
-    """Rebuild gold for what changed in silver (or everything with ``full``); nothing new, no commit."""
+@flow(name="build-gold", log_prints=False, retries=1, retry_delay_seconds=5)
+def gold_flow(full: bool = False, silver_snapshot_id: Optional[int] = None, settings: Optional[Settings] = None) -> dict:
+    """Rebuild gold for what changed in silver (or everything with ``full``); nothing new, no commit.
+
+    ``silver_snapshot_id`` is the silver commit that triggered the run (from the event)."""
     logger = get_run_logger()
+    if silver_snapshot_id is not None:
+        logger.info("triggered by silver snapshot %s", silver_snapshot_id)
     settings = settings or load_settings()
     began = time.monotonic()
     use_ray(settings)  # before any Daft work: the runner can be chosen only once per process
@@ -222,7 +244,11 @@ def gold_flow(full: bool = False, settings: Optional[Settings] = None) -> dict:
     report.committed.update(build_dim_date(settings, plan))
     report.committed.update(build_daily_tables(settings, plan))
     report.committed.update(build_user_summary(settings, plan))
-    emit_committed(report)
+    publish_counts("build-gold", {"days rebuilt": report.days, "users rebuilt": report.users,
+                                  "tables committed": len(report.committed), "full": full,
+                                  "seconds": round(time.monotonic() - began, 3)},
+                   f"gold from silver snapshot {plan.upto}")
+    _publish_latest_day(settings)
     report.seconds = round(time.monotonic() - began, 3)
     logger.info("gold: %s build of %d days and %d users from silver snapshot %s; %.2fs",
                 "full" if full else "incremental", report.days, report.users, plan.upto, report.seconds)

@@ -25,7 +25,16 @@ from tasks.compute import map_on_ray, use_ray
 from tasks.kafka import PartitionBatch, PartitionRange, commit_group_offsets, read_partition, watermarks
 from tasks.settings import Settings, load_settings
 from tasks.tables import BRONZE_CONVERSION_EVENTS_RAW, ensure_table
+from tasks.orchestration import (
+    RETRY_DELAYS,
+    emit_table_committed,
+    publish_counts,
+    retry_transient,
+    table_lock,
+)
 from tasks.transforms.bronze import concat_batches
+
+RETRY = dict(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
 
 CRASH_POINTS = ("consuming", "files-written", "committed")
 
@@ -72,7 +81,7 @@ def _crash_if(point: str, crash_at: str | None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-@task(cache_policy=NO_CACHE)
+@task(**RETRY)
 def plan_batch(settings: Settings, limits: BatchLimits, run_id: str) -> BatchPlan:
     """Start where bronze's last snapshot says; end at the high watermarks seen now."""
     table = ensure_table(open_catalog(settings), settings, BRONZE_CONVERSION_EVENTS_RAW)
@@ -103,7 +112,7 @@ def plan_batch(settings: Settings, limits: BatchLimits, run_id: str) -> BatchPla
     return BatchPlan(run_id, topic, expected, ranges, lost)
 
 
-@task(cache_policy=NO_CACHE)
+@task(**RETRY)
 def read_batch(settings: Settings, plan: BatchPlan, ingested_at: datetime) -> list[PartitionBatch]:
     """Every partition's range in parallel, one Ray task each."""
     return map_on_ray(read_partition, plan.ranges, settings.kafka_bootstrap, ingested_at, plan.run_id)
@@ -117,31 +126,19 @@ def commit_batch(settings: Settings, plan: BatchPlan, batches: list[PartitionBat
     next_offsets = {t: dict(ps) for t, ps in plan.expected.items()}
     next_offsets.setdefault(plan.topic, {}).update({b.partition: b.next_offset for b in batches})
     rows = concat_batches([b.table for b in batches])
-    return append_with_offsets(
-        table, rows, plan.expected, next_offsets, plan.run_id, report.as_dict(),
-        on_stage=lambda stage: _crash_if(stage, crash_at),
-    )
+    with table_lock(BRONZE_CONVERSION_EVENTS_RAW.identifier):
+        return append_with_offsets(
+            table, rows, plan.expected, next_offsets, plan.run_id, report.as_dict(),
+            on_stage=lambda stage: _crash_if(stage, crash_at),
+        )
 
 
-@task(cache_policy=NO_CACHE)
+@task(**RETRY)
 def commit_consumer_group(settings: Settings, report: BatchReport) -> None:
     commit_group_offsets(settings, report.topic, report.offsets_to)
 
 
-@task(cache_policy=NO_CACHE)
-def emit_committed(report: BatchReport) -> None:
-    """Tell Prefect bronze moved; the silver deployment is triggered by this event."""
-    from prefect.events import emit_event
-
-    emit_event(
-        event="lakehouse.table.committed",
-        resource={"prefect.resource.id": f"lakehouse.table.{BRONZE_CONVERSION_EVENTS_RAW.identifier}",
-                  "lakehouse.layer": "bronze"},
-        payload={"snapshot_id": report.snapshot_id, "records": report.records, "run_id": report.run_id},
-    )
-
-
-@flow(name="ingest-bronze", log_prints=False)
+@flow(name="ingest-bronze", log_prints=False, retries=1, retry_delay_seconds=5)
 def ingest_flow(
     max_records: Optional[int] = None,
     max_bytes: Optional[int] = None,
@@ -169,7 +166,13 @@ def ingest_flow(
         total += report["records"]
         batches += 1 if report["records"] else 0
         if report["lag_left"] == 0 or report["records"] == 0 or batches >= max_batches:
-            return {**report, "batches": batches, "total_records": total}
+            summary = {**report, "batches": batches, "total_records": total}
+            publish_counts("ingest-bronze", {
+                "records read and written": total, "batches": batches, "bytes (last batch)": report["bytes"],
+                "lag left": report["lag_left"], "lost to retention": report["lost_to_retention"],
+                "seconds (last batch)": report["seconds"], "snapshot": report["snapshot_id"],
+            }, "Kafka → bronze.conversion_events_raw")
+            return summary
 
 
 def _ingest_batch(settings: Settings, limits: BatchLimits, crash_at: str | None, logger) -> dict:
@@ -197,7 +200,8 @@ def _ingest_batch(settings: Settings, limits: BatchLimits, crash_at: str | None,
     report.seconds = round(time.monotonic() - began, 3)
     report.snapshot_id = commit_batch(settings, plan, batches, report, crash_at)
     commit_consumer_group(settings, report)
-    emit_committed(report)
+    emit_table_committed(BRONZE_CONVERSION_EVENTS_RAW.identifier, "bronze", report.snapshot_id, report.run_id,
+                         rows_written=report.records)
     report.seconds = round(time.monotonic() - began, 3)
     del batches
     pa.default_memory_pool().release_unused()  # give the batch's buffers back before the next one

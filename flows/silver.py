@@ -33,7 +33,16 @@ from tasks.tables import (
     TableSpec,
     ensure_table,
 )
+from tasks.orchestration import (
+    RETRY_DELAYS,
+    emit_table_committed,
+    publish_counts,
+    retry_transient,
+    table_lock,
+)
 from tasks.transforms import silver
+
+RETRY = dict(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
 
 CRASH_POINTS = ("read", "rejected-committed", "facts-committed")
 SILVER_TABLES = (SILVER_CONVERSION_EVENTS_REJECTED, SILVER_FACT_CONVERSIONS, SILVER_DIM_USERS)
@@ -72,7 +81,7 @@ def _crash_if(point: str, crash_at: str | None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-@task(cache_policy=NO_CACHE)
+@task(**RETRY)
 def plan_silver(settings: Settings, run_id: str) -> SilverPlan:
     """Which bronze snapshots to promote: after the oldest silver watermark, up to the newest work."""
     catalog = open_catalog(settings)
@@ -97,7 +106,7 @@ def _oldest(table, snapshot_ids: list[int]) -> int:
     return min(snapshot_ids, key=lambda sid: order.get(sid, -1))
 
 
-@task(cache_policy=NO_CACHE)
+@task(**RETRY)
 def check_bronze(settings: Settings, plan: SilverPlan):
     """Validate the increment once and keep it: facts and quarantine both come from it."""
     bronze = read_bronze_increment(plan.increment, io_config(settings))
@@ -116,13 +125,14 @@ def _commit(settings, spec: TableSpec, plan: SilverPlan, rows, facts: dict, dele
         RUN_ID_KEY: plan.run_id,
         REPORT_KEY: json.dumps(facts, sort_keys=True, default=str),
     }
-    return commit_rows(
-        table,
-        conform(rows, table),
-        summary,
-        still_current=lambda t: upstream_snapshot(t, UPSTREAM) == expected,
-        delete_filter=delete_filter,
-    )
+    with table_lock(spec.identifier):
+        return commit_rows(
+            table,
+            conform(rows, table),
+            summary,
+            still_current=lambda t: upstream_snapshot(t, UPSTREAM) == expected,
+            delete_filter=delete_filter,
+        )
 
 
 @dataclass(frozen=True)
@@ -212,22 +222,20 @@ def commit_users(settings: Settings, plan: SilverPlan, users: list[str]) -> Outc
     return Outcome(rows.num_rows, snapshot)
 
 
-@task(cache_policy=NO_CACHE)
-def emit_committed(report: SilverReport) -> None:
-    from prefect.events import emit_event
+@flow(name="promote-silver", log_prints=False, retries=1, retry_delay_seconds=5)
+def silver_flow(
+    bronze_snapshot_id: Optional[int] = None,
+    settings: Optional[Settings] = None,
+    crash_at: Optional[str] = None,
+) -> dict:
+    """Promote every bronze snapshot not yet in silver; a rerun with nothing new commits nothing.
 
-    for table, snapshot_id in report.committed.items():
-        emit_event(
-            event="lakehouse.table.committed",
-            resource={"prefect.resource.id": f"lakehouse.table.{table}", "lakehouse.layer": "silver"},
-            payload={"snapshot_id": snapshot_id, "run_id": report.run_id, "bronze_to": report.bronze_to},
-        )
-
-
-@flow(name="promote-silver", log_prints=False)
-def silver_flow(settings: Optional[Settings] = None, crash_at: Optional[str] = None) -> dict:
-    """Promote every bronze snapshot not yet in silver; a rerun with nothing new commits nothing."""
+    ``bronze_snapshot_id`` is the commit that triggered this run (from the event); the run
+    promotes everything up to bronze's current snapshot, which includes it.
+    """
     logger = get_run_logger()
+    if bronze_snapshot_id is not None:
+        logger.info("triggered by bronze snapshot %s", bronze_snapshot_id)
     settings = settings or load_settings()
     if crash_at is not None and crash_at not in CRASH_POINTS:
         raise ValueError(f"crash_at must be one of {CRASH_POINTS}, got {crash_at!r}")
@@ -255,7 +263,15 @@ def silver_flow(settings: Optional[Settings] = None, crash_at: Optional[str] = N
     for spec, outcome in zip(SILVER_TABLES, (quarantined, promoted, dimension)):
         if outcome.snapshot_id is not None:
             report.committed[spec.identifier] = outcome.snapshot_id
-    emit_committed(report)
+            emit_table_committed(spec.identifier, "silver", outcome.snapshot_id, report.run_id,
+                                 rows_written=outcome.rows, rows_rejected=report.rejected,
+                                 upstream_snapshot_id=report.bronze_to)
+    publish_counts("promote-silver", {
+        "bronze records read": report.bronze_records, "facts written": report.facts,
+        "rejected": report.rejected, **{f"rejected {k}": v for k, v in sorted(report.reasons.items())},
+        "duplicates dropped": report.duplicates_dropped, "users touched": report.users_touched,
+        "seconds": round(time.monotonic() - began, 3),
+    }, f"bronze snapshots {report.bronze_from} → {report.bronze_to} into silver")
     report.seconds = round(time.monotonic() - began, 3)
     logger.info(
         "silver: %d bronze records -> %d facts, %d rejected %s, %d duplicates dropped, %d users; %.2fs",

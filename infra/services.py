@@ -493,6 +493,41 @@ class PrefectServer(Service):
         return None if status == 200 and body.strip() == b"true" else f"GET /api/health answered {status} {body[:60]!r}"
 
 
+class PrefectWorker(Service):
+    """A process worker on the ``lakehouse`` pool: it runs the deployments' flows as subprocesses,
+    with every setting passed down as LAKEHOUSE_* variables."""
+
+    name = "prefect-worker"
+    pool = "lakehouse"
+
+    def address(self) -> str:
+        return f"pool {self.pool}"
+
+    def ports(self) -> dict[int, str]:
+        return {}
+
+    def launch(self) -> tuple[list[str], dict[str, str]]:
+        env = {**self.base_env(), **self.settings.as_env(), **prefect_env(self.settings),
+               **ray_env(self.settings), "LAKEHOUSE_PROJECT_DIR": str(INFRA.parent)}
+        prefect = str(Path(sys.executable).with_name("prefect"))
+        return [prefect, "worker", "start", "--pool", self.pool, "--type", "process", "--limit", "4",
+                "--name", f"lakehouse-{os.uname().nodename}"], env
+
+    def check_health(self) -> str | None:
+        request = urllib.request.Request(
+            f"{self.settings.prefect_api_url}/work_pools/{self.pool}/workers/filter",
+            data=b"{}", headers={"Content-Type": "application/json"}, method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=3) as resp:  # noqa: S310 - loopback
+                workers = json.loads(resp.read())
+        except (OSError, ValueError) as exc:
+            return f"cannot list the pool's workers: {exc}"
+        if any(w.get("status") == "ONLINE" for w in workers):
+            return None
+        return "no ONLINE worker on the pool yet"
+
+
 def prefect_env(settings: Settings) -> dict[str, str]:
     """Environment every Prefect client and the server share."""
     return {
@@ -567,5 +602,12 @@ def ray_env(settings: Settings) -> dict[str, str]:
 
 
 def all_services(settings: Settings) -> list[Service]:
-    """In start order: storage before the catalog that writes to it."""
-    return [cls(settings) for cls in (SeaweedFS, Kafka, IcebergRest, PrefectServer, RayHead)]
+    """In start order: storage before the catalog that writes to it, the server before its worker.
+
+    The embedded profile keeps its catalog, warehouse and Ray in-process, so it needs only Kafka
+    and Prefect."""
+    if settings.profile == "embedded":
+        kinds: tuple[type[Service], ...] = (Kafka, PrefectServer, PrefectWorker)
+    else:
+        kinds = (SeaweedFS, Kafka, IcebergRest, PrefectServer, RayHead, PrefectWorker)
+    return [cls(settings) for cls in kinds]

@@ -212,6 +212,18 @@ class Settings(BaseSettings):
             return f"s3://{self.bucket(layer)}/{layer}"
         return f"{self.warehouse}/{self.bucket(layer)}/{layer}"
 
+    def as_env(self) -> dict[str, str]:
+        """Every setting as LAKEHOUSE_* variables, secrets included: for child processes only
+        (the Prefect worker and the flow runs it starts), never for logs."""
+        out = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value is not None:
+                out[env_key(name)] = str(value).lower() if isinstance(value, bool) else str(value)
+        return out
+
     def redacted(self) -> dict[str, str]:
         """Every setting as its environment variable, with secrets masked; safe to log."""
         out = {}

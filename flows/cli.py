@@ -232,6 +232,25 @@ def run_gold(full: bool = typer.Option(False, "--full", help="rebuild every day 
     out.print_json(json.dumps(report))
 
 
+@app.command("deploy")
+def deploy_cmd() -> None:
+    """Create the work pool and per-table concurrency limits, and apply every deployment of prefect.yaml."""
+    from deployments.deploy import DeployError, deploy
+
+    s = settings()
+    try:
+        result = deploy(s)
+    except DeployError as exc:
+        fail(str(exc), 1)
+    except OSError as exc:
+        fail(f"LAKEHOUSE_PREFECT_API_URL: cannot reach Prefect at {s.prefect_api_url} ({exc}); is the stack up?", 1)
+    out.print(f"work pool 'lakehouse': {'created' if result.pool_created else 'already there'}", highlight=False)
+    out.print(f"concurrency limits created: {', '.join(result.limits_created) or 'none, all there'}", highlight=False)
+    out.print("deployments: " + ", ".join(result.deployments), highlight=False)
+    out.print("A worker runs with the stack (`lakehouse stack status`). Another one: "
+              "prefect worker start --pool lakehouse --type process", highlight=False)
+
+
 def _prefect_client_env(s: Settings) -> None:
     """Flows run in this process talk to the configured Prefect server (set before Prefect reads it)."""
     import os

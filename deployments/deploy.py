@@ -1,0 +1,82 @@
+"""`lakehouse deploy`: the work pool, the per-table concurrency limits and every deployment of
+prefect.yaml. Idempotent: what exists is left as it is, deployments are updated in place."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tasks.orchestration import lock_name
+from tasks.settings import Settings
+from tasks.tables import ALL_TABLES
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+POOL = "lakehouse"
+
+
+class DeployError(RuntimeError):
+    """`prefect deploy` failed; the message carries its output."""
+
+
+@dataclass
+class DeployResult:
+    pool_created: bool = False
+    limits_created: list[str] = field(default_factory=list)
+    deployments: list[str] = field(default_factory=list)
+
+
+async def _ensure_pool_and_limits(api_url: str) -> tuple[bool, list[str]]:
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    async with PrefectClient(api=api_url) as client:
+        try:
+            await client.read_work_pool(POOL)
+            pool_created = False
+        except ObjectNotFound:
+            await client.create_work_pool(WorkPoolCreate(name=POOL, type="process"))
+            pool_created = True
+        existing = {limit.name for limit in await client.read_global_concurrency_limits(limit=200)}
+        created = []
+        for spec in ALL_TABLES:
+            name = lock_name(spec.identifier)
+            if name not in existing:
+                await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+                created.append(name)
+    return pool_created, created
+
+
+async def _deployment_names(api_url: str) -> list[str]:
+    from prefect.client.orchestration import PrefectClient
+
+    async with PrefectClient(api=api_url) as client:
+        deployments = await client.read_deployments()
+        flows = {f.id: f.name for f in await client.read_flows()}
+    return sorted(f"{flows.get(d.flow_id, '?')}/{d.name}" for d in deployments)
+
+
+def deploy(settings: Settings) -> DeployResult:
+    """Create what is missing, then apply prefect.yaml."""
+    import os
+
+    result = DeployResult()
+    result.pool_created, result.limits_created = asyncio.run(_ensure_pool_and_limits(settings.prefect_api_url))
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_")},
+        "PREFECT_API_URL": settings.prefect_api_url,
+        "LAKEHOUSE_PROJECT_DIR": str(PROJECT_DIR),
+    }
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    done = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--all"],
+        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=600,
+    )
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise DeployError(f"prefect deploy --all failed (exit {done.returncode}):\n{tail}")
+    result.deployments = asyncio.run(_deployment_names(settings.prefect_api_url))
+    return result

@@ -1,4 +1,4 @@
-# The two commands of the README: `make up` (main job) and `make test`.
+# The two commands of the README: `make demo` (main job) and `make test`.
 # Everything else is a convenience around the `lakehouse` console script.
 SHELL := /bin/bash
 UV_VERSION := 0.13.8
@@ -10,11 +10,14 @@ export LAKEHOUSE_CONFIG ?= infra/stack.toml
 DOCKER_COMPOSE := .lakehouse/docker/cli-plugins/docker-compose
 export DOCKER_CONFIG := $(CURDIR)/.lakehouse/docker
 
-.PHONY: install up down status test unit bench compose
+.PHONY: install demo up down status test unit bench compose
 
 install:  ## uv (if missing) and the locked Python environment
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q "uv==$(UV_VERSION)"
 	@$(UV) sync --frozen
+
+demo: install  ## the main job: stack, deployments, traffic, ingest → silver → gold through Prefect (embedded profile)
+	LAKEHOUSE_CONFIG= $(UV) run lakehouse demo
 
 up: install  ## build what is missing, start every service on loopback, wait until healthy
 	$(UV) run lakehouse stack up

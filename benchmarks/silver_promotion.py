@@ -364,11 +364,11 @@ class Sampler:
         }
 
 
-def run_measured(mode: str, args: list[str], workdir: Path, interval: float) -> dict:
-    """Run this script in ``mode`` as a subprocess while sampling it; returns its JSON plus memory."""
+def run_measured(mode: str, args: list[str], workdir: Path, interval: float, script: str = __file__) -> dict:
+    """Run ``script`` in ``mode`` as a subprocess while sampling it; returns its JSON plus memory."""
     out = workdir / f"{mode}-{time.time_ns()}.json"
     log = out.with_suffix(".log")
-    cmd = [sys.executable, str(Path(__file__).resolve()), mode, "--out", str(out), *args]
+    cmd = [sys.executable, str(Path(script).resolve()), mode, "--out", str(out), *args]
     began = time.monotonic()
     with open(log, "w") as logf:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=logf, stderr=subprocess.STDOUT)

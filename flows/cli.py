@@ -13,6 +13,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from tasks.settings import Settings, SettingsError, load_settings
 
+STACK_CONFIG = Path(__file__).resolve().parents[1] / "infra" / "stack.toml"
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="The Roman Numeral Service lakehouse.")
 stack_app = typer.Typer(no_args_is_help=True, help="The local stack: Kafka, SeaweedFS S3, Iceberg REST, Prefect, Ray.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the settings.")
@@ -249,6 +251,50 @@ def deploy_cmd() -> None:
     out.print("deployments: " + ", ".join(result.deployments), highlight=False)
     out.print("A worker runs with the stack (`lakehouse stack status`). Another one: "
               "prefect worker start --pool lakehouse --type process", highlight=False)
+
+
+@app.command("demo")
+def demo(
+    profile: Optional[str] = typer.Option(None, "--profile", help="embedded (default) or stack (S3 + REST catalog + Ray head)"),
+    events: int = typer.Option(20_000, min=100, help="events to produce"),
+    days: int = typer.Option(3, min=1, help="days of traffic"),
+) -> None:
+    """The whole platform in one command: stack, deployments, traffic, ingest → silver → gold, metrics."""
+    from rich.table import Table
+
+    if profile not in (None, "embedded", "stack"):
+        fail(f"--profile: {profile!r} is not allowed; expected 'embedded' or 'stack'", 2)
+    s = settings()
+    if profile == "stack" and s.profile != "stack":
+        try:
+            s = load_settings(_State.config or STACK_CONFIG, profile="stack")
+        except SettingsError as exc:
+            fail(str(exc), 2)
+    elif profile == "embedded" and s.profile != "embedded":
+        fail("--profile embedded: the settings say profile 'stack'; unset LAKEHOUSE_CONFIG/LAKEHOUSE_PROFILE", 2)
+    _prefect_client_env(s)
+    from deployments.demo import DemoError, run_demo
+    from infra.stack import StackError
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err) as progress:
+        row = progress.add_task("demo")
+        try:
+            result = run_demo(s, events, days, step=lambda msg: progress.update(row, description=msg))
+        except SettingsError as exc:
+            fail(str(exc), 2)
+        except (StackError, DemoError) as exc:
+            fail(str(exc), 1)
+    table = Table(title=f"gold.daily_conversion_metrics ({s.profile} profile)")
+    for name in ("event_date", "direction", "requests", "success_rate", "unique_users", "p95_latency_ms"):
+        table.add_column(name)
+    for r in result.gold_rows[-12:]:
+        table.add_row(str(r["event_date"]), r["direction"], str(r["requests"]), f"{r['success_rate']:.1%}",
+                      str(r["unique_users"]), f"{r['p95_latency_ms']:.1f}")
+    out.print(table)
+    ui = s.prefect_api_url.removesuffix("/api")
+    out.print(f"produced {result.produced} events; runs {result.runs}; seconds {result.seconds}", highlight=False)
+    out.print(f"Prefect UI: {ui}   ·   more SQL: lakehouse run gold --full   ·   stop everything: lakehouse stack down",
+              highlight=False)
 
 
 def _prefect_client_env(s: Settings) -> None:

@@ -117,6 +117,10 @@ class Service:
         """Idempotent post-start set-up (topics, buckets, namespaces); returns what it created."""
         return []
 
+    def settings_fingerprint(self) -> str:
+        """Changes when the settings this service was started with change; '' if none matter."""
+        return ""
+
     # -- shared helpers ----------------------------------------------------------------------
     def base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_")}
@@ -512,6 +516,10 @@ class PrefectWorker(Service):
         prefect = str(Path(sys.executable).with_name("prefect"))
         return [prefect, "worker", "start", "--pool", self.pool, "--type", "process", "--limit", "4",
                 "--name", f"lakehouse-{os.uname().nodename}"], env
+
+    def settings_fingerprint(self) -> str:
+        # The flows it runs read their settings from its environment: a new profile needs a new worker.
+        return hashlib.sha256(json.dumps(self.settings.as_env(), sort_keys=True).encode()).hexdigest()[:16]
 
     def check_health(self) -> str | None:
         request = urllib.request.Request(

@@ -68,6 +68,12 @@ class Stack:
     def _up_one(self, service: Service, report: Reporter) -> None:
         pid_file = PidFile(service.pid_path)
         pid = pid_file.live_pid()
+        started_with = service.pid_path.with_suffix(".settings")
+        wanted = service.settings_fingerprint()
+        if pid is not None and wanted and (not started_with.exists() or started_with.read_text() != wanted):
+            report(service.name, "restarting: it runs with other settings")
+            stop_session(pid, timeout=30.0)
+            pid = None
         if pid is None:
             pid_file.remove()
             self._check_ports_free(service)
@@ -81,6 +87,7 @@ class Stack:
             report(service.name, "starting")
             service.data_dir.mkdir(parents=True, exist_ok=True)
             pid = spawn(command, env, service.log_path, pid_file, cwd=service.data_dir)
+            started_with.write_text(wanted)
         report(service.name, "waiting for health")
         self._wait_healthy(service, pid_file)
         created = service.provision()

@@ -41,7 +41,8 @@ def use_ray(settings: Settings) -> str:
         _configured = f"ray:{settings.ray_address}"
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
+        # address="local": always a fresh in-process cluster, never a head that happens to run here
+        ray.init(address="local", ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
                  num_cpus=os.cpu_count() or 2, object_store_memory=settings.ray_object_store_mb * 1024 * 1024)
         daft.set_runner_ray()
         _configured = "ray:in-process"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC, PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -236,6 +236,10 @@ def ensure_table(catalog: Catalog, settings: Settings, spec: TableSpec) -> Table
     try:
         return catalog.load_table(spec.identifier)
     except NoSuchTableError:
+        pass
+    try:
+        catalog.create_namespace(spec.layer, {"location": settings.layer_location(spec.layer)})
+    except NamespaceAlreadyExistsError:
         pass
     try:
         return catalog.create_table(

@@ -1,0 +1,133 @@
+"""Prefect for real: deployments from prefect.yaml, a worker, event-triggered silver and gold,
+and the collision strategy of the ingest deployment."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from tasks.catalog import open_catalog
+from tasks.simulator import TrafficProfile, produce
+from tasks.tables import GOLD_DAILY_CONVERSION_METRICS
+from tests.conftest import ROOT, stack_environment
+
+pytestmark = pytest.mark.stack
+DEPLOYMENTS = {"ingest", "silver", "gold", "maintenance", "produce", "pipeline"}
+
+
+def lakehouse(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=stack_environment(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+async def _client_call(settings, fn):
+    from prefect.client.orchestration import PrefectClient
+
+    async with PrefectClient(api=settings.prefect_api_url) as client:
+        return await fn(client)
+
+
+def call(settings, fn):
+    return asyncio.run(_client_call(settings, fn))
+
+
+@pytest.fixture(scope="module")
+def deployed(stack_settings):
+    first = lakehouse("deploy")
+    assert first.returncode == 0, first.stdout + first.stderr
+    yield stack_settings, first.stdout
+    # Leave no schedule running behind the rest of the suite.
+    async def pause(client):
+        for deployment in await client.read_deployments():
+            await client.pause_deployment(deployment.id)
+    call(stack_settings, pause)
+
+
+def test_deploy_is_idempotent_and_registers_every_deployment(deployed):
+    settings, first = deployed
+    before = call(settings, lambda c: c.read_deployments())
+    again = lakehouse("deploy")
+    assert again.returncode == 0, again.stderr
+    assert "work pool 'lakehouse': already there" in again.stdout
+    assert "concurrency limits created: none, all there" in again.stdout
+    after = call(settings, lambda c: c.read_deployments())
+    assert {d.name for d in after} >= DEPLOYMENTS
+    assert {d.name: d.id for d in after if d.name in DEPLOYMENTS} == {d.name: d.id for d in before if d.name in DEPLOYMENTS}
+    by_name = {d.name: d for d in after}
+    assert by_name["ingest"].schedules and by_name["silver"].schedules and by_name["maintenance"].schedules
+    limit = by_name["ingest"].global_concurrency_limit
+    assert limit is not None and limit.limit == 1
+    assert by_name["ingest"].concurrency_options.collision_strategy.value == "CANCEL_NEW"
+    assert by_name["silver"].concurrency_options.collision_strategy.value == "ENQUEUE"
+
+
+def _runs(settings, deployment: str, since: datetime):
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterStartTime
+
+    return call(settings, lambda c: c.read_flow_runs(
+        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
+        flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)),
+        limit=50,
+    ))
+
+
+def _wait(settings, deployment: str, since: datetime, automated: bool, timeout: float = 420):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = [r for r in _runs(settings, deployment, since)
+                if r.state and r.state.is_completed()
+                and (not automated or (r.created_by is not None and r.created_by.type == "AUTOMATION"))]
+        if done:
+            return done[0]
+        time.sleep(3)
+    raise AssertionError(f"no completed {'event-triggered ' if automated else ''}{deployment} run within {timeout}s")
+
+
+def test_cli_ingest_run_triggers_silver_and_gold_by_event(deployed):
+    settings, _ = deployed
+    produce(settings, TrafficProfile(events=3000, seed=99, end=datetime.now(timezone.utc)))
+    since = datetime.now(timezone.utc)
+    started = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "prefect"), "deployment", "run", "ingest-bronze/ingest"],
+        env={**stack_environment(), "PREFECT_API_URL": settings.prefect_api_url},
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert started.returncode == 0, started.stderr
+    ingest = _wait(settings, "ingest", since, automated=False)
+    silver = _wait(settings, "silver", ingest.start_time, automated=True)
+    gold = _wait(settings, "gold", silver.start_time, automated=True)
+    assert silver.parameters.get("bronze_snapshot_id") and gold.parameters.get("silver_snapshot_id")
+    today = datetime.now(timezone.utc).date()
+    rows = open_catalog(settings).load_table(GOLD_DAILY_CONVERSION_METRICS.identifier).scan(
+        row_filter=f"event_date == '{today.isoformat()}'").to_arrow()
+    assert rows.num_rows and sum(rows.column("requests").to_pylist()) > 0
+
+
+def test_two_ingest_runs_requested_at_once_never_overlap(deployed):
+    from prefect.deployments import run_deployment
+
+    settings, _ = deployed
+    import os
+
+    os.environ["PREFECT_API_URL"] = settings.prefect_api_url
+    since = datetime.now(timezone.utc)
+    first = run_deployment("ingest-bronze/ingest", timeout=0)
+    second = run_deployment("ingest-bronze/ingest", timeout=0)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        states = [call(settings, lambda c, i=r.id: c.read_flow_run(i)).state for r in (first, second)]
+        if all(s is not None and s.is_final() for s in states):
+            break
+        time.sleep(3)
+    runs = [call(settings, lambda c, i=r.id: c.read_flow_run(i)) for r in (first, second)]
+    names = {r.state_name for r in runs}
+    assert names <= {"Completed", "Cancelled"}, names
+    assert "Completed" in names
+    ran = sorted((r.start_time, r.end_time) for r in _runs(settings, "ingest", since) if r.start_time and r.end_time)
+    for (_, end), (start, _) in zip(ran, ran[1:]):
+        assert start >= end, "two ingest runs overlapped"

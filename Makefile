@@ -10,7 +10,7 @@ export LAKEHOUSE_CONFIG ?= infra/stack.toml
 DOCKER_COMPOSE := .lakehouse/docker/cli-plugins/docker-compose
 export DOCKER_CONFIG := $(CURDIR)/.lakehouse/docker
 
-.PHONY: install demo up down status test unit bench compose
+.PHONY: install demo up down status test unit bench compose chromium
 
 install:  ## uv (if missing) and the locked Python environment
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q "uv==$(UV_VERSION)"
@@ -36,7 +36,11 @@ $(DOCKER_COMPOSE): infra/compose/go.mod infra/compose/go.sum
 	    -ldflags="-s -w -X github.com/docker/compose/v5/internal.Version=$$v" \
 	    -o $(CURDIR)/$@ github.com/docker/compose/v5/cmd
 
-test: install compose  ## unit, contract, integration and end-to-end tests; starts the stack itself
+chromium:  ## Debian's Chromium for the Prefect UI test (skipped when it cannot be installed)
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -q chromium >/dev/null) \
+	  || echo "chromium could not be installed: the UI test will be skipped"
+
+test: install compose chromium  ## unit, contract, integration and end-to-end tests; starts the stack itself
 	$(UV) run pytest
 
 unit: install  ## only the tests that need no service

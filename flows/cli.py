@@ -293,7 +293,7 @@ def demo(
     out.print(table)
     ui = s.prefect_api_url.removesuffix("/api")
     out.print(f"produced {result.produced} events; runs {result.runs}; seconds {result.seconds}", highlight=False)
-    out.print(f"Prefect UI: {ui}   ·   more SQL: lakehouse run gold --full   ·   stop everything: lakehouse stack down",
+    out.print(f"Prefect UI: {ui}   ·   rebuild gold: lakehouse run gold --full   ·   stop everything: lakehouse stack down",
               highlight=False)
 
 

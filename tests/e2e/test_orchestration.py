@@ -131,3 +131,39 @@ def test_two_ingest_runs_requested_at_once_never_overlap(deployed):
     ran = sorted((r.start_time, r.end_time) for r in _runs(settings, "ingest", since) if r.start_time and r.end_time)
     for (_, end), (start, _) in zip(ran, ran[1:]):
         assert start >= end, "two ingest runs overlapped"
+
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--virtual-time-budget=15000", "--window-size=1400,1000",
+]
+SCHEDULES = {"ingest": "Every minute", "silver": "Every 15 minutes", "gold": "Hourly",
+             "maintenance": "At 03:30 AM every day"}
+
+
+@pytest.mark.skipif(__import__("shutil").which("chromium") is None, reason="Debian's chromium is not installed")
+def test_prefect_ui_lists_every_deployment_with_its_schedule(deployed, tmp_path):
+    """The real UI in headless Chromium: the deployments page, rendered, names and schedules."""
+    import html
+    import re
+    import shutil
+
+    settings, _ = deployed
+    page = settings.prefect_api_url.removesuffix("/api") + "/deployments"
+    profile = tmp_path / "chromium-profile"
+    dom = subprocess.run(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-1000:]
+    text = re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom.stdout)))
+    for name in DEPLOYMENTS:
+        assert f" {name} " in text, f"deployment {name} is not listed"
+    for name, schedule in SCHEDULES.items():
+        assert re.search(rf" {name} [\w-]+ \w+[^|]*?{schedule}", text), f"{name} is not shown with '{schedule}'"
+    shot = tmp_path / "prefect-deployments.png"
+    subprocess.run(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}", page],
+                   capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000
+    keep = ROOT / ".lakehouse" / "test-output"
+    keep.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, keep / shot.name)

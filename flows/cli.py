@@ -53,8 +53,11 @@ def main(
         None, "--config", "-c", help="TOML settings file (else $LAKEHOUSE_CONFIG); env vars override it."
     ),
 ) -> None:
+    import logging
+
     _State.config = config
     _State.settings = None
+    logging.getLogger("daft.io").setLevel(logging.ERROR)  # "full table scan" notes are not for users
     settings()  # validate at startup: a bad value fails before any work
 
 
@@ -295,6 +298,130 @@ def demo(
     out.print(f"produced {result.produced} events; runs {result.runs}; seconds {result.seconds}", highlight=False)
     out.print(f"Prefect UI: {ui}   ·   rebuild gold: lakehouse run gold --full   ·   stop everything: lakehouse stack down",
               highlight=False)
+
+
+def _emit(rows, fmt: str) -> None:
+    """Print an Arrow table or a list of dicts as a table, JSON lines or CSV."""
+    import pyarrow as pa
+
+    if isinstance(rows, list):
+        rows = pa.Table.from_pylist(rows) if rows else pa.table({})
+    if fmt == "json":
+        for row in rows.to_pylist():
+            typer.echo(json.dumps(row, default=lambda v: v.hex() if isinstance(v, bytes) else str(v)))
+    elif fmt == "csv":
+        import io
+
+        import pyarrow.csv as pacsv
+
+        safe = rows.select([c for c in rows.column_names if not pa.types.is_nested(rows.schema.field(c).type)])
+        buffer = io.BytesIO()
+        pacsv.write_csv(safe, buffer)
+        typer.echo(buffer.getvalue().decode(), nl=False)
+    else:
+        from rich.table import Table
+
+        view = Table(show_lines=False)
+        for name in rows.column_names:
+            view.add_column(name)
+        for row in rows.to_pylist()[:1000]:
+            view.add_row(*["" if v is None else str(v)[:80] for v in row.values()])
+        out.print(view)
+        if rows.num_rows > 1000:
+            err.print(f"(first 1000 of {rows.num_rows} rows; use --format csv or json for all)")
+
+
+def _formats(value: str) -> str:
+    if value not in ("table", "json", "csv"):
+        fail(f"--format: {value!r} is not allowed; expected table, json or csv", 2)
+    return value
+
+
+@app.command("sql")
+def sql(
+    query: str = typer.Argument(..., help='e.g. "SELECT event_date, sum(requests) FROM gold.daily_conversion_metrics GROUP BY 1"'),
+    as_of: Optional[str] = typer.Option(None, "--as-of", help="ISO timestamp: every table as it was then"),
+    snapshot: list[str] = typer.Option(None, "--snapshot", help="ID for every table, or TABLE=ID for one (repeatable)"),
+    fmt: str = typer.Option("table", "--format", help="table, json or csv"),
+) -> None:
+    """Daft SQL over every bronze, silver and gold table, with time travel."""
+    from datetime import datetime, timezone
+
+    from tasks.serving import QueryError, existing_tables, run_sql
+
+    _formats(fmt)
+    s = settings()
+    moment = None
+    if as_of is not None:
+        try:
+            moment = datetime.fromisoformat(as_of)
+        except ValueError:
+            fail(f"--as-of: {as_of!r} is not an ISO timestamp", 2)
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    pinned: dict[str, int] = {}
+    for item in snapshot or []:
+        name, _, value = item.rpartition("=")
+        if not value.isdigit():
+            fail(f"--snapshot: {item!r} must be ID or TABLE=ID", 2)
+        if name:
+            pinned[name] = int(value)
+        else:
+            from tasks.catalog import open_catalog
+
+            for table_name, table in existing_tables(open_catalog(s)).items():
+                if table.metadata.snapshot_by_id(int(value)) is not None:
+                    pinned[table_name] = int(value)
+            if not pinned:
+                fail(f"--snapshot: no table has snapshot {value}", 2)
+    try:
+        rows = run_sql(s, query, as_of=moment, snapshots=pinned)
+    except QueryError as exc:
+        fail(str(exc), 2)
+    _emit(rows, fmt)
+
+
+@app.command("tables")
+def tables_cmd(fmt: str = typer.Option("table", "--format", help="table, json or csv")) -> None:
+    """Every table with its rows, files, size, current snapshot and last commit time."""
+    from dataclasses import asdict
+
+    from tasks.serving import describe_tables
+
+    _formats(fmt)
+    _emit([asdict(t) for t in describe_tables(settings())], fmt)
+
+
+@app.command("history")
+def history_cmd(table: str, fmt: str = typer.Option("table", "--format", help="table, json or csv")) -> None:
+    """A table's snapshots: operation, time, and the summary we keep (offsets, upstream snapshot, counts)."""
+    from tasks.serving import QueryError, history
+
+    _formats(fmt)
+    try:
+        rows = history(settings(), table)
+    except QueryError as exc:
+        fail(str(exc), 2)
+    if fmt == "table":
+        rows = [{**r, "lakehouse": json.dumps(r["lakehouse"])[:120]} for r in rows]
+    _emit(rows, fmt)
+
+
+@app.command("diff")
+def diff_cmd(
+    table: str,
+    from_snapshot: int = typer.Option(..., "--from", help="snapshot id (exclusive)"),
+    to_snapshot: int = typer.Option(..., "--to", help="snapshot id (inclusive)"),
+    fmt: str = typer.Option("table", "--format", help="table, json or csv"),
+) -> None:
+    """The rows appended to a table between two snapshots."""
+    from tasks.serving import QueryError, diff
+
+    _formats(fmt)
+    try:
+        rows = diff(settings(), table, from_snapshot, to_snapshot)
+    except QueryError as exc:
+        fail(str(exc), 2)
+    _emit(rows, fmt)
 
 
 def _prefect_client_env(s: Settings) -> None:

@@ -97,6 +97,26 @@ class Settings(BaseSettings):
     ray_object_store_mb: int = Field(512, ge=78, description="object store cap of the Ray head, in MB")
     ray_auth_mode: Literal["token", "disabled"] = Field("token", description="RAY_AUTH_MODE for the head and every client")
 
+    # Maintenance (flows/maintenance, tasks/maintenance): compaction, snapshot expiry, orphan removal
+    maintenance_target_file_bytes: int = Field(128 * 1024 * 1024, ge=1024, description="compaction packs small data files into files of at most this many bytes")
+    maintenance_small_file_bytes: int = Field(96 * 1024 * 1024, ge=1, description="data files smaller than this are compacted; at most maintenance_target_file_bytes")
+    maintenance_min_input_files: int = Field(2, ge=2, description="a partition is compacted only if it has at least this many small files")
+    maintenance_freshness_hours: float = Field(24.0, ge=0, description="partitions with a data file committed within this many hours are not compacted (streaming appends)")
+    maintenance_retention_bronze_days: float = Field(30.0, ge=0, description="bronze snapshots older than this many days are expired")
+    maintenance_retention_silver_days: float = Field(7.0, ge=0, description="silver snapshots older than this many days are expired")
+    maintenance_retention_gold_days: float = Field(3.0, ge=0, description="gold snapshots older than this many days are expired")
+    maintenance_keep_last_snapshots: int = Field(5, ge=1, description="the newest this many snapshots of a table are never expired")
+    maintenance_orphan_age_hours: float = Field(72.0, ge=1, description="unreferenced files under a table's location are deleted only when older than this many hours")
+    maintenance_commit_attempts: int = Field(5, ge=1, le=100, description="compaction and expiry re-plan and retry this many times when a concurrent commit wins")
+
+    @field_validator("maintenance_small_file_bytes")
+    @classmethod
+    def _small_file_bytes(cls, v: int, info: Any) -> int:
+        target = info.data.get("maintenance_target_file_bytes")
+        if target is not None and v > target:
+            raise ValueError(f"{v} exceeds maintenance_target_file_bytes ({target})")
+        return v
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -16,7 +16,6 @@ from datetime import date, timedelta
 from typing import Optional
 
 import daft
-from daft import col
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pyiceberg.expressions import AlwaysTrue, In
@@ -24,7 +23,7 @@ from pyiceberg.expressions import AlwaysTrue, In
 from tasks.catalog import io_config, open_catalog
 from tasks.commits import REPORT_KEY, RUN_ID_KEY, commit_rows, conform, upstream_key, upstream_snapshot
 from tasks.compute import use_ray
-from tasks.scans import plan_increment, read_days, read_users
+from tasks.scans import pending_range, plan_increment, read_days, read_users
 from tasks.settings import Settings, load_settings
 from tasks.tables import (
     GOLD_DAILY_CONVERSION_METRICS,
@@ -38,16 +37,8 @@ from tasks.tables import (
     TableSpec,
     ensure_table,
 )
-from tasks.orchestration import (
-    RETRY_DELAYS,
-    emit_table_committed,
-    publish_counts,
-    retry_transient,
-    table_lock,
-)
+from tasks.orchestration import TRANSIENT_RETRY, emit_table_committed, publish_counts, table_lock
 from tasks.transforms import gold
-
-RETRY = dict(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
 
 UPSTREAM = SILVER_FACT_CONVERSIONS.identifier
 EPOCH = date(1970, 1, 1)
@@ -81,7 +72,7 @@ class GoldReport:
         return asdict(self)
 
 
-@task(**RETRY)
+@task(**TRANSIENT_RETRY)
 def plan_gold(settings: Settings, run_id: str, full: bool) -> GoldPlan:
     """The silver snapshot to build from and the days and users its new files touched."""
     catalog = open_catalog(settings)
@@ -91,32 +82,20 @@ def plan_gold(settings: Settings, run_id: str, full: bool) -> GoldPlan:
     current = facts.current_snapshot()
     if current is None:
         return GoldPlan(run_id, None, watermarks)
-    marks = set(watermarks.values())
     if full:
         return GoldPlan(run_id, current.snapshot_id, watermarks, full=True)
-    if len(marks) > 1:  # an earlier build crashed between tables: finish exactly its range
-        upto = max(m for m in marks if m is not None)
-    elif current.snapshot_id in marks:
+    pending = pending_range(facts, list(watermarks.values()))
+    if pending is None:
         return GoldPlan(run_id, None, watermarks)
-    else:
-        upto = current.snapshot_id
-    after = None if None in marks else _oldest(facts, list(marks))
+    after, upto = pending
     increment = plan_increment(facts, after, upto)
-    days = set()
-    for task_ in facts.incremental_append_scan(from_snapshot_id_exclusive=after, to_snapshot_id_inclusive=upto).plan_files():
-        day = task_.file.partition[0]
-        if day is not None:
-            days.add(EPOCH + timedelta(days=day))
+    # silver facts are partitioned by day(occurred_at): the added files name the touched days
+    days = {EPOCH + timedelta(days=p[0]) for p in increment.partitions if p and p[0] is not None}
     users: list[str] = []
     if increment.files:
         added = daft.read_parquet(list(increment.files), io_config=io_config(settings))
         users = [u for u in added.select("user_id").distinct().to_pydict()["user_id"] if u is not None]
     return GoldPlan(run_id, upto, watermarks, tuple(sorted(days)), tuple(sorted(users)))
-
-
-def _oldest(table, snapshot_ids: list[int]) -> int:
-    order = {s.snapshot_id: s.sequence_number for s in table.metadata.snapshots}
-    return min(snapshot_ids, key=lambda sid: order.get(sid, -1))
 
 
 def _replace(settings: Settings, spec: TableSpec, plan: GoldPlan, frame, delete_filter, report: dict) -> int | None:

@@ -7,8 +7,6 @@ commit the consumer group (lag monitoring) → emit ``lakehouse.table.committed`
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -25,16 +23,8 @@ from tasks.compute import map_on_ray, use_ray
 from tasks.kafka import PartitionBatch, PartitionRange, commit_group_offsets, read_partition, watermarks
 from tasks.settings import Settings, load_settings
 from tasks.tables import BRONZE_CONVERSION_EVENTS_RAW, ensure_table
-from tasks.orchestration import (
-    RETRY_DELAYS,
-    emit_table_committed,
-    publish_counts,
-    retry_transient,
-    table_lock,
-)
+from tasks.orchestration import TRANSIENT_RETRY, crash_if, emit_table_committed, publish_counts, table_lock
 from tasks.transforms.bronze import concat_batches
-
-RETRY = dict(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
 
 CRASH_POINTS = ("consuming", "files-written", "committed")
 
@@ -75,13 +65,8 @@ class BatchReport:
         return asdict(self)
 
 
-def _crash_if(point: str, crash_at: str | None) -> None:
-    """Test affordance: SIGKILL this very process at a named point (see tests/integration)."""
-    if crash_at == point:
-        os.kill(os.getpid(), signal.SIGKILL)
 
-
-@task(**RETRY)
+@task(**TRANSIENT_RETRY)
 def plan_batch(settings: Settings, limits: BatchLimits, run_id: str) -> BatchPlan:
     """Start where bronze's last snapshot says; end at the high watermarks seen now."""
     table = ensure_table(open_catalog(settings), settings, BRONZE_CONVERSION_EVENTS_RAW)
@@ -112,7 +97,7 @@ def plan_batch(settings: Settings, limits: BatchLimits, run_id: str) -> BatchPla
     return BatchPlan(run_id, topic, expected, ranges, lost)
 
 
-@task(**RETRY)
+@task(**TRANSIENT_RETRY)
 def read_batch(settings: Settings, plan: BatchPlan, ingested_at: datetime) -> list[PartitionBatch]:
     """Every partition's range in parallel, one Ray task each."""
     return map_on_ray(read_partition, plan.ranges, settings.kafka_bootstrap, ingested_at, plan.run_id)
@@ -129,11 +114,11 @@ def commit_batch(settings: Settings, plan: BatchPlan, batches: list[PartitionBat
     with table_lock(BRONZE_CONVERSION_EVENTS_RAW.identifier):
         return append_with_offsets(
             table, rows, plan.expected, next_offsets, plan.run_id, report.as_dict(),
-            on_stage=lambda stage: _crash_if(stage, crash_at),
+            on_stage=lambda stage: crash_if(stage, crash_at),
         )
 
 
-@task(**RETRY)
+@task(**TRANSIENT_RETRY)
 def commit_consumer_group(settings: Settings, report: BatchReport) -> None:
     commit_group_offsets(settings, report.topic, report.offsets_to)
 
@@ -189,7 +174,7 @@ def _ingest_batch(settings: Settings, limits: BatchLimits, crash_at: str | None,
 
     use_ray(settings)
     batches = read_batch(settings, plan, datetime.now(timezone.utc))
-    _crash_if("consuming", crash_at)
+    crash_if("consuming", crash_at)
     ends = {r.partition: r.end for r in plan.ranges}
     report.records = sum(b.records for b in batches)
     report.bytes = sum(b.bytes for b in batches)

@@ -1,47 +1,75 @@
-"""Table maintenance on a daily schedule.
+"""Table maintenance on a daily schedule: per table, compaction, snapshot expiry, orphan removal.
 
-For now it expires snapshots older than each layer's retention, keeping the last few, and never a
-tagged one. pyiceberg 0.12's expiry removes them from the metadata but deletes no files:
-reclaiming storage (and compaction, orphan removal) is the Operations issue's work.
+The work is in tasks/maintenance; this flow wires it per table, holds each table's lock around
+its commits, publishes the counts as an artifact and returns the full report. ``dry_run`` plans
+everything and lists what would be rewritten or deleted, and changes nothing.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
 from typing import Optional
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pyiceberg.exceptions import NoSuchTableError
 
 from tasks.catalog import open_catalog
-from tasks.orchestration import publish_counts, table_lock
+from tasks.maintenance import downstream_watermarks, maintain_table
+from tasks.orchestration import RETRY_DELAYS, publish_counts, retry_transient, table_lock
 from tasks.settings import Settings, load_settings
-from tasks.tables import ALL_TABLES, TableSpec, ensure_table
-
-RETENTION_DAYS = {"bronze": 30, "silver": 7, "gold": 3}
-KEEP_LAST = 5
+from tasks.tables import ALL_TABLES, TableSpec
 
 
-@task(cache_policy=NO_CACHE)
-def expire_table(settings: Settings, spec: TableSpec, now: datetime) -> int:
-    table = ensure_table(open_catalog(settings), settings, spec)
-    cutoff = now - timedelta(days=RETENTION_DAYS[spec.layer])
-    newest_first = sorted(table.metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True)
-    protected = {ref.snapshot_id for ref in table.metadata.refs.values()}
-    protected |= {s.snapshot_id for s in newest_first[:KEEP_LAST]}
-    old = [s.snapshot_id for s in newest_first
-           if s.snapshot_id not in protected and s.timestamp_ms < cutoff.timestamp() * 1000]
-    if old:
-        with table_lock(spec.identifier):
-            table.maintenance.expire_snapshots().by_ids(old).commit()
-    return len(old)
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
+def maintain(settings: Settings, spec: TableSpec, dry_run: bool, watermarks: list[int]) -> dict:
+    table = open_catalog(settings).load_table(spec.identifier)
+    return maintain_table(table, settings, spec.layer, dry_run=dry_run, lock=table_lock,
+                          watermarks=watermarks)
+
+
+def totals(report: dict[str, dict]) -> dict[str, int]:
+    """The counts of a run, summed over its tables."""
+    out = dict.fromkeys(("tables", "partitions_compacted", "files_compacted", "files_written",
+                         "snapshots_expired", "files_deleted_by_expiry", "orphans_deleted", "orphan_bytes"), 0)
+    for steps in report.values():
+        out["tables"] += 1
+        compaction, expiry, orphans = steps["compaction"], steps["expiry"], steps["orphans"]
+        if compaction["dry_run"]:
+            out["partitions_compacted"] += len(compaction["plan"])
+            out["files_compacted"] += sum(p["files"] for p in compaction["plan"])
+            out["files_written"] += sum(p["new_files"] for p in compaction["plan"])
+        else:
+            done = [p for p in compaction.get("partitions", []) if p["status"] == "committed"]
+            out["partitions_compacted"] += len(done)
+            out["files_compacted"] += sum(p["files_before"] for p in done)
+            out["files_written"] += sum(p["files_after"] for p in done)
+        out["snapshots_expired"] += len(expiry.get("snapshots_expired", []))
+        out["files_deleted_by_expiry"] += len(expiry.get("files", [])) if expiry["dry_run"] else expiry.get("deleted", 0)
+        out["orphans_deleted"] += len(orphans["files"]) if orphans["dry_run"] else orphans["deleted"]
+        out["orphan_bytes"] += orphans["bytes"]
+    return out
 
 
 @flow(name="maintain-tables", log_prints=False)
-def maintenance_flow(settings: Optional[Settings] = None) -> dict:
+def maintenance_flow(dry_run: bool = False, settings: Optional[Settings] = None) -> dict:
+    """Maintain every table that exists; returns {"dry_run", "totals", "tables": {identifier: report}}."""
     settings = settings or load_settings()
-    now = datetime.now(timezone.utc)
-    expired = {spec.identifier: expire_table(settings, spec, now) for spec in ALL_TABLES}
-    get_run_logger().info("expired snapshots: %s", expired)
-    publish_counts("maintain-tables", expired, "snapshots expired per table (metadata only)")
-    return expired
+    logger = get_run_logger()
+    catalog = open_catalog(settings)
+    tables = {}
+    for spec in ALL_TABLES:
+        try:
+            tables[spec.identifier] = catalog.load_table(spec.identifier)
+        except NoSuchTableError:
+            logger.info("%s does not exist yet; nothing to maintain", spec.identifier)
+    # Snapshots a downstream table has not promoted yet must survive expiry.
+    watermarks = downstream_watermarks(tables.values())
+    report = {
+        spec.identifier: maintain(settings, spec, dry_run, sorted(watermarks.get(spec.identifier, ())))
+        for spec in ALL_TABLES if spec.identifier in tables
+    }
+    counts = totals(report)
+    logger.info("maintenance%s: %s", " (dry run)" if dry_run else "", counts)
+    publish_counts("maintain-tables", {"dry_run": str(dry_run).lower(), **counts},
+                   "what maintenance would change (dry run)" if dry_run else "what maintenance changed")
+    return {"dry_run": dry_run, "totals": counts, "tables": report}

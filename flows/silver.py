@@ -8,8 +8,6 @@ promoted up to, so a crash between commits is finished by the next run and never
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -22,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.catalog import io_config, open_catalog
 from tasks.commits import REPORT_KEY, RUN_ID_KEY, commit_rows, conform, upstream_key, upstream_snapshot
 from tasks.compute import use_ray
-from tasks.scans import Increment, plan_increment, read_bronze_increment, read_days, read_users
+from tasks.scans import Increment, pending_range, plan_increment, read_bronze_increment, read_days, read_users
 from tasks.settings import Settings, load_settings
 from tasks.tables import (
     BRONZE_CONVERSION_EVENTS_RAW,
@@ -33,16 +31,8 @@ from tasks.tables import (
     TableSpec,
     ensure_table,
 )
-from tasks.orchestration import (
-    RETRY_DELAYS,
-    emit_table_committed,
-    publish_counts,
-    retry_transient,
-    table_lock,
-)
+from tasks.orchestration import TRANSIENT_RETRY, crash_if, emit_table_committed, publish_counts, table_lock
 from tasks.transforms import silver
-
-RETRY = dict(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
 
 CRASH_POINTS = ("read", "rejected-committed", "facts-committed")
 SILVER_TABLES = (SILVER_CONVERSION_EVENTS_REJECTED, SILVER_FACT_CONVERSIONS, SILVER_DIM_USERS)
@@ -75,13 +65,8 @@ class SilverReport:
         return asdict(self)
 
 
-def _crash_if(point: str, crash_at: str | None) -> None:
-    """Test affordance: SIGKILL this process at a named point."""
-    if crash_at == point:
-        os.kill(os.getpid(), signal.SIGKILL)
 
-
-@task(**RETRY)
+@task(**TRANSIENT_RETRY)
 def plan_silver(settings: Settings, run_id: str) -> SilverPlan:
     """Which bronze snapshots to promote: after the oldest silver watermark, up to the newest work."""
     catalog = open_catalog(settings)
@@ -89,24 +74,13 @@ def plan_silver(settings: Settings, run_id: str) -> SilverPlan:
     watermarks = {
         spec.identifier: upstream_snapshot(ensure_table(catalog, settings, spec), UPSTREAM) for spec in SILVER_TABLES
     }
-    marks = set(watermarks.values())
-    current = bronze.current_snapshot()
-    if len(marks) > 1:  # an earlier run crashed between commits: finish exactly its range
-        upto = max(m for m in marks if m is not None)
-    elif current is None or current.snapshot_id in marks:
+    pending = pending_range(bronze, list(watermarks.values()))
+    if pending is None:
         return SilverPlan(run_id, None, watermarks)
-    else:
-        upto = current.snapshot_id
-    after = _oldest(bronze, [m for m in marks if m is not None]) if None not in marks else None
-    return SilverPlan(run_id, plan_increment(bronze, after, upto), watermarks)
+    return SilverPlan(run_id, plan_increment(bronze, *pending), watermarks)
 
 
-def _oldest(table, snapshot_ids: list[int]) -> int:
-    order = {s.snapshot_id: i for i, s in enumerate(sorted(table.metadata.snapshots, key=lambda s: s.sequence_number))}
-    return min(snapshot_ids, key=lambda sid: order.get(sid, -1))
-
-
-@task(**RETRY)
+@task(**TRANSIENT_RETRY)
 def check_bronze(settings: Settings, plan: SilverPlan):
     """Validate the increment once and keep it: facts and quarantine both come from it."""
     bronze = read_bronze_increment(plan.increment, io_config(settings))
@@ -249,16 +223,16 @@ def silver_flow(
     use_ray(settings)
     checked = check_bronze(settings, plan)
     report.bronze_records = checked.count_rows()
-    _crash_if("read", crash_at)
+    crash_if("read", crash_at)
     quarantined = commit_rejected(settings, plan, checked)
     report.rejected, report.reasons = quarantined.rows, quarantined.detail["reasons"]
-    _crash_if("rejected-committed", crash_at)
+    crash_if("rejected-committed", crash_at)
     promoted = commit_facts(settings, plan, checked)
     report.facts = promoted.rows
     report.duplicates_dropped = promoted.detail["duplicates_dropped"]
     report.replaced_by_earlier_arrival = promoted.detail["replaced_by_earlier_arrival"]
     report.users_touched = len(promoted.detail["users"])
-    _crash_if("facts-committed", crash_at)
+    crash_if("facts-committed", crash_at)
     dimension = commit_users(settings, plan, promoted.detail["users"])
     for spec, outcome in zip(SILVER_TABLES, (quarantined, promoted, dimension)):
         if outcome.snapshot_id is not None:

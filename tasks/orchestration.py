@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 from typing import Any, Iterator, Mapping
 
@@ -69,6 +71,17 @@ def retry_transient(task_, task_run, state) -> bool:
     except BaseException as exc:  # noqa: BLE001 - the state's own exception
         return is_transient(exc)
     return False
+
+
+# Options of every task that touches the network: no caching, backoff on transient faults only.
+TRANSIENT_RETRY = dict(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
+                       retry_condition_fn=retry_transient)
+
+
+def crash_if(point: str, crash_at: str | None) -> None:
+    """Test affordance of the exactly-once tests: SIGKILL this very process at a named point."""
+    if crash_at == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)

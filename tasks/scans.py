@@ -22,7 +22,36 @@ class Increment:
     upto: int
     snapshot_ids: tuple[int, ...]
     files: tuple[str, ...]
+    partitions: tuple[tuple, ...]  # each file's partition values, in files order
     run_ids: dict[str, int]  # ingest run id -> the snapshot that committed it
+
+
+def pending_range(upstream: Table, watermarks: list[int | None]) -> tuple[int | None, int] | None:
+    """(after, upto) of the upstream snapshots that some downstream table has not promoted yet;
+    None when every downstream table is at upstream's current snapshot.
+
+    Downstream tables commit one after another, each recording the upstream snapshot it reached.
+    When they disagree, a run crashed between their commits: the range is exactly the interrupted
+    one, so no table promotes anything twice.
+    """
+    marks = set(watermarks)
+    known = sorted((m for m in marks if m is not None), key=lambda sid: _sequence(upstream, sid))
+    current = upstream.current_snapshot()
+    if len(marks) > 1:
+        upto = known[-1]
+    elif current is None or current.snapshot_id in marks:
+        return None
+    else:
+        upto = current.snapshot_id
+    after = None if None in marks else known[0]
+    return after, upto
+
+
+def _sequence(table: Table, snapshot_id: int) -> int:
+    snapshot = table.metadata.snapshot_by_id(snapshot_id)
+    if snapshot is None:
+        raise LookupError(f"{table.name()} no longer has snapshot {snapshot_id}: it was expired before promotion")
+    return snapshot.sequence_number
 
 
 def plan_increment(table: Table, after: int | None, upto: int) -> Increment:
@@ -43,8 +72,10 @@ def plan_increment(table: Table, after: int | None, upto: int) -> Increment:
         if RUN_ID_KEY in s.summary.additional_properties
     }
     scan = table.incremental_append_scan(from_snapshot_id_exclusive=after, to_snapshot_id_inclusive=upto)
-    files = tuple(task.file.file_path for task in scan.plan_files())
-    return Increment(after, upto, tuple(s.snapshot_id for s in appends), files, run_ids)
+    tasks = list(scan.plan_files())
+    files = tuple(task.file.file_path for task in tasks)
+    partitions = tuple(tuple(task.file.partition) for task in tasks)
+    return Increment(after, upto, tuple(s.snapshot_id for s in appends), files, partitions, run_ids)
 
 
 def read_bronze_increment(increment: Increment, io_config: daft.io.IOConfig) -> DataFrame:

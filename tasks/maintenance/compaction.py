@@ -19,7 +19,6 @@ appends still land. :func:`compact_table` executes the plan:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -130,20 +129,41 @@ def plan_compaction(
 # ---- rewriting one group (runs on Ray when configured) ---------------------------------------
 
 
+Shipped = tuple[tuple[DataFile, int], ...]  # DataFile with its spec id: pickling drops spec_id
+
+
+def ship(files: Iterable[DataFile]) -> Shipped:
+    return tuple((f, f.spec_id) for f in files)
+
+
+def land(shipped: Shipped) -> tuple[DataFile, ...]:
+    for f, spec_id in shipped:
+        f.spec_id = spec_id
+    return tuple(f for f, _ in shipped)
+
+
 @dataclass(frozen=True)
 class RewriteJob:
     metadata: TableMetadata
     io_properties: dict[str, str]
-    sources: tuple[DataFile, ...]
+    shipped_sources: Shipped
+
+    @property
+    def sources(self) -> tuple[DataFile, ...]:
+        return land(self.shipped_sources)
 
 
 @dataclass(frozen=True)
 class RewriteResult:
-    written: tuple[DataFile, ...]
+    shipped_written: Shipped
     source: RowChecksum
     output: RowChecksum  # read back from the written files
     source_bytes: int
     written_bytes: int
+
+    @property
+    def written(self) -> tuple[DataFile, ...]:
+        return land(self.shipped_written)
 
 
 def _read(metadata: TableMetadata, io, files: Iterable[DataFile]):
@@ -158,7 +178,8 @@ def rewrite_group(job: RewriteJob) -> RewriteResult:
     from pyiceberg.io.pyarrow import _dataframe_to_data_files
 
     io = load_file_io(job.io_properties, job.metadata.location)
-    rows = _read(job.metadata, io, job.sources)
+    sources = job.sources
+    rows = _read(job.metadata, io, sources)
     source = row_checksum(rows)
     written: list[DataFile] = []
     try:
@@ -166,6 +187,8 @@ def rewrite_group(job: RewriteJob) -> RewriteResult:
             props = {**job.metadata.properties, "write.target-file-size-bytes": _UNBOUNDED}
             metadata = job.metadata.model_copy(update={"properties": props})
             written = list(_dataframe_to_data_files(table_metadata=metadata, df=rows, io=io))
+            for f in written:  # the writer doesn't set it (it's not stored in the file)
+                f.spec_id = job.metadata.default_spec_id
         output = row_checksum(_read(job.metadata, io, written)) if written else EMPTY
     except BaseException:
         for f in written:
@@ -173,8 +196,8 @@ def rewrite_group(job: RewriteJob) -> RewriteResult:
                 io.delete(f.file_path)
         raise
     return RewriteResult(
-        written=tuple(written), source=source, output=output,
-        source_bytes=sum(f.file_size_in_bytes for f in job.sources),
+        shipped_written=ship(written), source=source, output=output,
+        source_bytes=sum(f.file_size_in_bytes for f in sources),
         written_bytes=sum(f.file_size_in_bytes for f in written),
     )
 
@@ -248,7 +271,7 @@ def _commit_partition(table: Table, settings: Settings, rewrite: PartitionRewrit
         if results is None:
             state = live_files(table)
             results = _run_jobs([RewriteJob(table.metadata, dict(table.io.properties),
-                                             tuple(state.data_files[p] for p in g)) for g in rewrite.groups], settings)
+                                             ship(state.data_files[p] for p in g)) for g in rewrite.groups], settings)
         _validate(table, rewrite, results)
         on_stage("files-written", rewrite.key)
         with lock(identifier):
@@ -328,7 +351,7 @@ def compact_table(
     if dry_run or not plan.rewrites:
         report.update(after=report["before"], partitions=[])
         return report
-    jobs = [RewriteJob(table.metadata, dict(table.io.properties), tuple(before.data_files[p] for p in g))
+    jobs = [RewriteJob(table.metadata, dict(table.io.properties), ship(before.data_files[p] for p in g))
             for r in plan.rewrites for g in r.groups]
     results = _run_jobs(jobs, settings)
     partitions, start = [], 0
@@ -342,6 +365,3 @@ def compact_table(
     report["committed"] = sum(p["status"] == "committed" for p in partitions)
     return report
 
-
-def describe(report: dict) -> str:
-    return json.dumps({k: report[k] for k in ("before", "after") if k in report})

@@ -71,13 +71,6 @@ def records_to_arrow(
     return pa.Table.from_arrays(columns, schema=BRONZE_SCHEMA)
 
 
-def check_offsets_contiguous(table: pa.Table, start: int, end: int) -> None:
-    """Raise if one partition's rows are not exactly the offsets start..end-1 (compaction gaps aside)."""
-    offsets = table.column("offset").to_pylist()
-    if offsets and (offsets[0] < start or offsets[-1] >= end or offsets != sorted(set(offsets))):
-        raise ValueError(f"offsets out of order or outside [{start}, {end})")
-
-
 def concat_batches(tables: Sequence[pa.Table]) -> pa.Table:
     if not tables:
         return BRONZE_SCHEMA.empty_table()

@@ -4,7 +4,6 @@ and bronze holds every record exactly once."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 
 import pytest
@@ -20,7 +19,6 @@ pytestmark = pytest.mark.stack
 
 def test_ingest_retries_through_a_broker_restart_without_loss_or_duplicates(stack_settings):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from flows.ingest import ingest_flow
 

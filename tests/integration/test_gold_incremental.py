@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 from datetime import timedelta
 
-import pyarrow as pa
 import pytest
 
 from tasks.catalog import open_catalog

@@ -12,7 +12,7 @@ from confluent_kafka import Producer
 
 from tasks.catalog import open_catalog
 from tasks.kafka import ensure_topic
-from tasks.simulator import TrafficProfile, generate, produce
+from tasks.simulator import TrafficProfile, produce
 from tasks.tables import BRONZE_CONVERSION_EVENTS_RAW
 from tests.conftest import ROOT, stack_environment
 

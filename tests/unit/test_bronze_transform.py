@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 
-import pyarrow as pa
 import pytest
 
 from tasks.commits import OffsetsMovedError, append_with_offsets, decode_offsets, encode_offsets, latest_offsets

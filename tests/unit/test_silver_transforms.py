@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from datetime import date, datetime, timedelta, timezone
 
 import daft

@@ -424,6 +424,26 @@ def diff_cmd(
     _emit(rows, fmt)
 
 
+@app.command("maintain")
+def maintain(dry_run: bool = typer.Option(False, "--dry-run", help="list what would be compacted, expired and deleted")) -> None:
+    """Compact small files, expire old snapshots and delete unreachable and orphan files, per table."""
+    s = settings()
+    _prefect_client_env(s)
+    from flows.maintenance import maintenance_flow
+
+    report = maintenance_flow(dry_run=dry_run, settings=s)
+    if dry_run:
+        for table, parts in report["tables"].items():
+            out.print(f"{table}:", highlight=False)
+            out.print_json(json.dumps({
+                "compaction": parts.get("compaction", {}).get("plan"),
+                "snapshots_expired": parts.get("expiry", {}).get("snapshots_expired"),
+                "files_to_delete": parts.get("expiry", {}).get("files"),
+                "orphans": parts.get("orphans", {}).get("files"),
+            }, default=str))
+    out.print_json(json.dumps({"dry_run": dry_run, "totals": report["totals"]}, default=str))
+
+
 def _prefect_client_env(s: Settings) -> None:
     """Flows run in this process talk to the configured Prefect server (set before Prefect reads it)."""
     import os

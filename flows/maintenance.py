@@ -10,17 +10,16 @@ from __future__ import annotations
 from typing import Optional
 
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from pyiceberg.exceptions import NoSuchTableError
 
 from tasks.catalog import open_catalog
 from tasks.maintenance import downstream_watermarks, maintain_table
-from tasks.orchestration import RETRY_DELAYS, publish_counts, retry_transient, table_lock
+from tasks.orchestration import TRANSIENT_RETRY, publish_counts, table_lock
 from tasks.settings import Settings, load_settings
 from tasks.tables import ALL_TABLES, TableSpec
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
+@task(**TRANSIENT_RETRY)  # a rerun re-plans: compaction and expiry are idempotent
 def maintain(settings: Settings, spec: TableSpec, dry_run: bool, watermarks: list[int]) -> dict:
     table = open_catalog(settings).load_table(spec.identifier)
     return maintain_table(table, settings, spec.layer, dry_run=dry_run, lock=table_lock,

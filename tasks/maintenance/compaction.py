@@ -129,41 +129,20 @@ def plan_compaction(
 # ---- rewriting one group (runs on Ray when configured) ---------------------------------------
 
 
-Shipped = tuple[tuple[DataFile, int], ...]  # DataFile with its spec id: pickling drops spec_id
-
-
-def ship(files: Iterable[DataFile]) -> Shipped:
-    return tuple((f, f.spec_id) for f in files)
-
-
-def land(shipped: Shipped) -> tuple[DataFile, ...]:
-    for f, spec_id in shipped:
-        f.spec_id = spec_id
-    return tuple(f for f, _ in shipped)
-
-
 @dataclass(frozen=True)
 class RewriteJob:
     metadata: TableMetadata
     io_properties: dict[str, str]
-    shipped_sources: Shipped
-
-    @property
-    def sources(self) -> tuple[DataFile, ...]:
-        return land(self.shipped_sources)
+    sources: tuple[DataFile, ...]
 
 
 @dataclass(frozen=True)
 class RewriteResult:
-    shipped_written: Shipped
+    written: tuple[DataFile, ...]
     source: RowChecksum
     output: RowChecksum  # read back from the written files
     source_bytes: int
     written_bytes: int
-
-    @property
-    def written(self) -> tuple[DataFile, ...]:
-        return land(self.shipped_written)
 
 
 def _read(metadata: TableMetadata, io, files: Iterable[DataFile]):
@@ -196,7 +175,7 @@ def rewrite_group(job: RewriteJob) -> RewriteResult:
                 io.delete(f.file_path)
         raise
     return RewriteResult(
-        shipped_written=ship(written), source=source, output=output,
+        written=tuple(written), source=source, output=output,
         source_bytes=sum(f.file_size_in_bytes for f in sources),
         written_bytes=sum(f.file_size_in_bytes for f in written),
     )
@@ -209,7 +188,7 @@ def _run_jobs(jobs: list[RewriteJob], settings: Settings) -> list[RewriteResult]
         from tasks.compute import map_on_ray, use_ray
 
         use_ray(settings)
-        return map_on_ray(rewrite_group, jobs, num_cpus=0.5)
+        return map_on_ray(rewrite_group, jobs, num_cpus=1)  # one bin in memory per CPU
     return [rewrite_group(job) for job in jobs]
 
 
@@ -271,7 +250,7 @@ def _commit_partition(table: Table, settings: Settings, rewrite: PartitionRewrit
         if results is None:
             state = live_files(table)
             results = _run_jobs([RewriteJob(table.metadata, dict(table.io.properties),
-                                             ship(state.data_files[p] for p in g)) for g in rewrite.groups], settings)
+                                             tuple(state.data_files[p] for p in g)) for g in rewrite.groups], settings)
         _validate(table, rewrite, results)
         on_stage("files-written", rewrite.key)
         with lock(identifier):
@@ -351,15 +330,19 @@ def compact_table(
     if dry_run or not plan.rewrites:
         report.update(after=report["before"], partitions=[])
         return report
-    jobs = [RewriteJob(table.metadata, dict(table.io.properties), ship(before.data_files[p] for p in g))
+    jobs = [RewriteJob(table.metadata, dict(table.io.properties), tuple(before.data_files[p] for p in g))
             for r in plan.rewrites for g in r.groups]
     results = _run_jobs(jobs, settings)
     partitions, start = [], 0
-    for rewrite in plan.rewrites:
-        mine = results[start:start + len(rewrite.groups)]
-        start += len(rewrite.groups)
-        partitions.append(_commit_partition(table, settings, rewrite, mine, now_ms=now_ms, lock=lock,
-                                            on_stage=on_stage))
+    try:
+        for rewrite in plan.rewrites:
+            mine = results[start:start + len(rewrite.groups)]
+            start += len(rewrite.groups)
+            partitions.append(_commit_partition(table, settings, rewrite, mine, now_ms=now_ms, lock=lock,
+                                                on_stage=on_stage))
+    except (CompactionValidationError, CommitFailedException, ValidationException):
+        _discard(table, results[start:])  # written for partitions not reached; never committed
+        raise
     report["partitions"] = partitions
     report["after"] = _stats(live_files(table.refresh()))
     report["committed"] = sum(p["status"] == "committed" for p in partitions)

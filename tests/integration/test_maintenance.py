@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
@@ -249,3 +249,25 @@ def test_on_s3_expiry_and_orphans_list_and_delete_objects(stack_settings, tmp_pa
         assert table.refresh().scan().to_arrow().num_rows == 3
     finally:
         delete_files([f.uri for f in list_files(f"s3://{settings.bucket('gold')}/{prefix}", settings)], settings)
+
+
+def test_expiry_keeps_what_a_downstream_table_has_not_promoted(private):
+    from tasks.commits import upstream_key
+    from tasks.maintenance import downstream_watermarks
+    from tasks.scans import plan_increment
+    from tasks.tables import GOLD_DAILY_CONVERSION_METRICS
+
+    settings = tuned(private, maintenance_keep_last_snapshots=1)
+    upstream = table_with_small_files(settings, appends=5)
+    ids = [s.snapshot_id for s in upstream.metadata.snapshots]
+    downstream = ensure_table(open_catalog(settings), settings, GOLD_DAILY_CONVERSION_METRICS)
+    downstream.append(pa.Table.from_pylist([{"event_date": DAYS[0]}], schema=downstream.schema().as_arrow()),
+                      snapshot_properties={upstream_key(GOLD_DAILY_PLAN_METRICS.identifier): str(ids[1])})
+    marks = downstream_watermarks([upstream, downstream.refresh()])
+    assert marks == {GOLD_DAILY_PLAN_METRICS.identifier: {ids[1]}}
+
+    report = expire_table(upstream, settings, layer="gold", now_ms=later(10),
+                          watermarks=marks[GOLD_DAILY_PLAN_METRICS.identifier])
+    assert report["snapshots_expired"] == [ids[0]]
+    increment = plan_increment(upstream.refresh(), ids[1], ids[-1])  # what the downstream reads next
+    assert increment.snapshot_ids == tuple(ids[2:]) and len(increment.files) == 6

@@ -3,6 +3,8 @@ files are orphans; the row checksum compaction validates with; the maintenance s
 
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import pytest
 
@@ -182,7 +184,7 @@ def test_row_checksum_ignores_order_and_batches_but_sees_every_value():
 
 
 def test_maintenance_settings_defaults_and_validation(monkeypatch, tmp_path):
-    for key in [k for k in __import__("os").environ if k.startswith("LAKEHOUSE_")]:
+    for key in [k for k in os.environ if k.startswith("LAKEHOUSE_")]:
         monkeypatch.delenv(key)
     settings = load_settings(state_dir=str(tmp_path))
     assert settings.maintenance_target_file_bytes == 128 * MB

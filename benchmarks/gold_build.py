@@ -564,8 +564,9 @@ def main() -> None:
             r["daft_alone_over_duckdb_daily_conversion_metrics"] = round(alone / duck["seconds_nearest_rank"], 2)
             in_flow = full["tasks_seconds"].get("replace[gold.daily_conversion_metrics]")
             if in_flow is not None:
+                daily = ("gold.daily_conversion_metrics", "gold.daily_plan_metrics", "gold.hourly_api_usage")
                 read = full["tasks_seconds"]["build_daily_tables"] - sum(
-                    v for k, v in full["tasks_seconds"].items() if k.startswith("replace[") and "user_activity" not in k)
+                    full["tasks_seconds"].get(f"replace[{name}]", 0) for name in daily)
                 r["flow_daily_conversion_metrics_seconds (shared facts read + compute + commit)"] = round(read + in_flow, 2)
                 r["flow_daily_conversion_metrics_over_duckdb"] = round((read + in_flow) / duck["seconds_nearest_rank"], 2)
         ratios[runner] = r

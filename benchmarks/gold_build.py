@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from silver_promotion import ROOT, mb, private_settings, reset  # noqa: E402
+from silver_promotion import ROOT, flow_attempts, mb, private_settings, reset  # noqa: E402
 from silver_promotion import run_measured as _run_measured  # noqa: E402
 
 
@@ -325,13 +325,16 @@ def child_gold(ns) -> None:
 
     spans: dict[str, float] = {}
 
+    timeline: list[tuple[str, float, float]] = []  # (task, epoch start, epoch end)
+
     def timed(name, fn):
         def wrapper(*a, **kw):
-            t = time.monotonic()
+            t, wall = time.monotonic(), time.time()
             try:
                 return fn(*a, **kw)
             finally:
                 spans[name] = round(spans.get(name, 0) + time.monotonic() - t, 3)
+                timeline.append((name, wall, time.time()))
         return wrapper
 
     for name in ("use_ray", "plan_gold", "build_dim_date", "build_daily_tables", "build_user_summary",
@@ -341,12 +344,13 @@ def child_gold(ns) -> None:
     replace = fg._replace
 
     def timed_replace(settings_, spec, *a, **kw):
-        t = time.monotonic()
+        t, wall = time.monotonic(), time.time()
         try:
             return replace(settings_, spec, *a, **kw)
         finally:
             key = f"replace[{spec.identifier}]"
             spans[key] = round(spans.get(key, 0) + time.monotonic() - t, 3)
+            timeline.append((key, wall, time.time()))
 
     fg._replace = timed_replace
     if hasattr(fg, "table_lock"):
@@ -379,7 +383,8 @@ def child_gold(ns) -> None:
         pstats.Stats(profiler, stream=buf).sort_stats("cumulative").print_stats(50)
         Path(ns.out).with_suffix(".prof.txt").write_text(buf.getvalue())
     standalone = None
-    if ns.full:  # Daft alone: daily_conversion_metrics from silver to Arrow, no commit
+    if ns.full:
+        wall = time.time()  # Daft alone: daily_conversion_metrics from silver to Arrow, no commit
         import daft
 
         from tasks.catalog import io_config, open_catalog
@@ -389,6 +394,7 @@ def child_gold(ns) -> None:
         facts = daft.read_iceberg(open_catalog(settings).load_table(fg.UPSTREAM), io_config=io_config(settings))
         rows = gold.daily_conversion_metrics(facts.select(*fg.FACT_COLUMNS)).to_arrow()
         standalone = {"seconds": round(time.monotonic() - t, 2), "rows": rows.num_rows}
+        timeline.append(("daft_daily_conversion_metrics_alone", wall, time.time()))
     job = None
     if ns.runner == "ray":
         import ray
@@ -396,7 +402,8 @@ def child_gold(ns) -> None:
         job = ray.get_runtime_context().get_job_id()
     Path(ns.out).write_text(json.dumps({"runner": ns.runner, "full": ns.full, "flow_seconds": round(flow_seconds, 2),
                                         "startup_seconds": round(startup, 2), "tasks": spans, "report": report,
-                                        "daft_daily_conversion_metrics_alone": standalone, "ray_job": job},
+                                        "daft_daily_conversion_metrics_alone": standalone, "ray_job": job,
+                                        "timeline": timeline},
                                        default=str))
 
 
@@ -478,7 +485,10 @@ def child_duckdb(ns) -> None:
 def summarize(run: dict) -> dict:
     if run.get("failed"):
         return run
-    return {"flow_seconds": run["flow_seconds"], "process_seconds": run["process_seconds"],
+    return {"flow_seconds": run["flow_seconds"], "flow_attempts": flow_attempts(run["log"]),
+            "flow_reported_seconds (last attempt)": run["report"].get("seconds"),
+            "process_seconds": run["process_seconds"],
+            "process_cpu_seconds (excl. Ray workers)": run["process_cpu_seconds"],
             "tasks_seconds": run["tasks"], "report": {k: run["report"].get(k) for k in ("days", "users", "committed")},
             "daft_daily_conversion_metrics_alone": run.get("daft_daily_conversion_metrics_alone"),
             "memory": run["memory"], "log": run["log"]}
@@ -497,6 +507,7 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--profile", action="store_true", help="cProfile the flows' driver processes")
     parser.add_argument("--setup-only", action="store_true", help="build (or reuse) the silver and stop")
+    parser.add_argument("--result", default=None, help=f"JSON to write (default {RESULT.relative_to(ROOT)})")
     args = parser.parse_args()
 
     workdir = Path(args.workdir)
@@ -528,6 +539,8 @@ def main() -> None:
         runs[f"{runner}/full"] = summarize(full)
         if full.get("failed"):
             continue
+        if runs[f"{runner}/full"]["flow_attempts"] > 1:
+            print(f"  !! the flow ran {runs[f'{runner}/full']['flow_attempts']} times (Prefect retry)", flush=True)
         print(f"  flow {full['flow_seconds']} s; tasks {full['tasks']}", flush=True)
         print(f"  peak RSS process {full['memory']['process_peak_rss_mb']} MB, Ray workers "
               f"{full['memory']['ray_workers_peak_rss_mb']} MB; Daft alone daily_conversion_metrics "
@@ -545,6 +558,8 @@ def main() -> None:
         inc = run_measured("_gold", ["--lake", str(lake), "--runner", runner, *extra], workdir, args.interval)
         runs[f"{runner}/incremental"] = summarize(inc) | {"late": late}
         if not inc.get("failed"):
+            if runs[f"{runner}/incremental"]["flow_attempts"] > 1:
+                print(f"  !! the flow ran {runs[f'{runner}/incremental']['flow_attempts']} times (Prefect retry)", flush=True)
             print(f"  flow {inc['flow_seconds']} s; tasks {inc['tasks']}; report days {inc['report'].get('days')} "
                   f"users {inc['report'].get('users')}", flush=True)
             print(f"  peak RSS process {inc['memory']['process_peak_rss_mb']} MB, Ray workers "
@@ -573,9 +588,10 @@ def main() -> None:
     result["ratios"] = ratios
     result["machine"] = {"cpus": os.cpu_count(), "load_avg_1m_at_end": round(os.getloadavg()[0], 2)}
     print("ratios:", json.dumps(ratios, indent=1), flush=True)
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"wrote {RESULT.relative_to(ROOT)}")
+    target = Path(args.result) if args.result else RESULT
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"wrote {target}")
 
 
 def child_main() -> None:

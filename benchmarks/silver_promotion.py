@@ -341,7 +341,7 @@ class Sampler:
                     acc[2] += 1
         self.samples.append({"t": time.time(), "rss": rss, "anon": anon, "shmem": shmem, "workers": workers})
 
-    def summary(self, job: str | None) -> dict:
+    def summary(self, job: str | None, timeline: list | None = None) -> dict:
         def workers(s):
             return s["workers"].get(job, [0, 0, 0]) if job else [0, 0, 0]
 
@@ -361,7 +361,17 @@ class Sampler:
             "ray_workers_at_peak": workers(top_workers)[2],
             "peak_process_plus_workers_mb (same instant)": mb(top_total["rss"] + workers(top_total)[0]),
             "samples": len(self.samples),
+            "process_peak_during": _during(top["t"], timeline),
+            "workers_peak_during": _during(top_workers["t"], timeline) if job else None,
         }
+
+
+def _during(moment: float, timeline: list | None) -> str | None:
+    """The innermost timed task running at ``moment`` (epoch seconds)."""
+    if not timeline:
+        return None
+    running = [(end - start, name) for name, start, end in timeline if start <= moment <= end]
+    return min(running)[1] if running else "outside the timed tasks"
 
 
 def run_measured(mode: str, args: list[str], workdir: Path, interval: float, script: str = __file__) -> dict:
@@ -373,7 +383,8 @@ def run_measured(mode: str, args: list[str], workdir: Path, interval: float, scr
     with open(log, "w") as logf:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=logf, stderr=subprocess.STDOUT)
         with Sampler(proc.pid, interval) as sampler:
-            rc = proc.wait()
+            _, status, usage = os.wait4(proc.pid, 0)  # rusage: the child and the descendants it reaped
+            proc.returncode = rc = os.waitstatus_to_exitcode(status)
     elapsed = time.monotonic() - began
     if rc != 0 or not out.exists():
         tail = log.read_text()[-3000:]
@@ -381,7 +392,9 @@ def run_measured(mode: str, args: list[str], workdir: Path, interval: float, scr
         return {"failed": True, "rc": rc, "log": str(log)}
     result = json.loads(out.read_text())
     result["process_seconds"] = round(elapsed, 2)
-    result["memory"] = sampler.summary(result.get("ray_job"))
+    # CPU seconds of the process tree (not of Ray workers): steadier than wall time on a busy machine
+    result["process_cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 2)
+    result["memory"] = sampler.summary(result.get("ray_job"), result.pop("timeline", None))
     result["log"] = str(log)
     return result
 
@@ -404,13 +417,16 @@ def child_promote(ns) -> None:
 
     spans: dict[str, float] = {}
 
+    timeline: list[tuple[str, float, float]] = []  # (task, epoch start, epoch end)
+
     def timed(name, fn):
         def wrapper(*a, **kw):
-            t = time.monotonic()
+            t, wall = time.monotonic(), time.time()
             try:
                 return fn(*a, **kw)
             finally:
                 spans[name] = round(spans.get(name, 0) + time.monotonic() - t, 3)
+                timeline.append((name, wall, time.time()))
         return wrapper
 
     for name in ("plan_silver", "use_ray", "check_bronze", "commit_rejected", "commit_facts", "commit_users",
@@ -455,7 +471,7 @@ def child_promote(ns) -> None:
         job = ray.get_runtime_context().get_job_id()
     Path(ns.out).write_text(json.dumps({"runner": ns.runner, "flow_seconds": round(flow_seconds, 2),
                                         "startup_seconds": round(imported, 2), "tasks": spans,
-                                        "report": report, "ray_job": job}, default=str))
+                                        "report": report, "ray_job": job, "timeline": timeline}, default=str))
 
 
 DUCK_PATHS = ("event_id", "event_type", "schema_version", "occurred_at", "user_id", "user_plan", "user_country",
@@ -729,6 +745,14 @@ def child_upsert(ns) -> None:
 
 # ---- the benchmark -----------------------------------------------------------------------------------------
 
+def flow_attempts(log: str) -> int:
+    """Flow run attempts in a child's log: > 1 means Prefect retried the flow (its timings then add up)."""
+    try:
+        return Path(log).read_text().count("Beginning flow run")
+    except OSError:
+        return 0
+
+
 def promotion_summary(run: dict, events: int) -> dict:
     if run.get("failed"):
         return run
@@ -736,7 +760,10 @@ def promotion_summary(run: dict, events: int) -> dict:
     return {
         "runner": run["runner"],
         "flow_seconds": run["flow_seconds"],
+        "flow_attempts": flow_attempts(run["log"]),
+        "flow_reported_seconds (last attempt)": report.get("seconds"),
         "process_seconds": run["process_seconds"],
+        "process_cpu_seconds (excl. Ray workers)": run["process_cpu_seconds"],
         "records_per_s": round(events / run["flow_seconds"]),
         "tasks_seconds": run["tasks"],
         "report": {k: report[k] for k in ("bronze_records", "facts", "rejected", "duplicates_dropped",
@@ -761,6 +788,7 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true", help="rebuild the lakehouses even if cached")
     parser.add_argument("--profile", action="store_true", help="cProfile the native-runner promotion's driver")
     parser.add_argument("--skip", default="", help="comma-separated: duckdb, upsert, small")
+    parser.add_argument("--result", default=None, help=f"JSON to write (default {RESULT.relative_to(ROOT)})")
     args = parser.parse_args()
 
     workdir = Path(args.workdir)
@@ -818,9 +846,12 @@ def main() -> None:
                                workdir, args.interval)
             promotions[f"{lake_name}/{runner}"] = summary = promotion_summary(run, args.events)
             if not run.get("failed"):
+                if summary["flow_attempts"] > 1:
+                    print(f"  !! the flow ran {summary['flow_attempts']} times (Prefect retry)", flush=True)
                 m = summary["memory"]
                 print(f"  flow {summary['flow_seconds']} s ({summary['records_per_s']:,} records/s), process "
-                      f"{summary['process_seconds']} s; tasks {summary['tasks_seconds']}", flush=True)
+                      f"{summary['process_seconds']} s wall, {run['process_cpu_seconds']} CPU-s (excl. Ray workers); "
+                      f"tasks {summary['tasks_seconds']}", flush=True)
                 print(f"  peak RSS: process {m['process_peak_rss_mb']} MB (anon {m['process_anon_mb_at_peak']}), "
                       f"Ray workers {m['ray_workers_peak_rss_mb']} MB (anon {m['ray_workers_anon_mb_at_peak']}), "
                       f"together {m['peak_process_plus_workers_mb (same instant)']} MB", flush=True)
@@ -834,6 +865,7 @@ def main() -> None:
         duck = run_measured("_duckdb", ["--lake", str(lakes["big"])], workdir, args.interval)
         result["duckdb"] = duck
         if not duck.get("failed"):
+            print(f"  process {duck['process_seconds']} s wall, {duck['process_cpu_seconds']} CPU-s", flush=True)
             print(f"  {duck['seconds_validate_dedup_write']} s validate+dedup+write "
                   f"({duck['seconds_incl_scd2_users']} s incl. SCD2 users); phases {duck['phases']}", flush=True)
             print(f"  counts {duck['counts']}; peak RSS {duck['memory']['process_peak_rss_mb']} MB", flush=True)
@@ -861,6 +893,9 @@ def main() -> None:
             r["vs_duckdb_incl_users"] = round(run["flow_seconds"] / duck["seconds_incl_scd2_users"], 2)
             no_users = run["flow_seconds"] - run["tasks_seconds"].get("commit_users", 0)
             r["without_commit_users_vs_duckdb_validate_dedup"] = round(no_users / duck["seconds_validate_dedup_write"], 2)
+            if run["runner"] == "native":  # whole processes, imports included; Ray runs would omit worker CPU
+                r["process_cpu_seconds_vs_duckdb_process"] = round(
+                    run["process_cpu_seconds (excl. Ray workers)"] / duck["process_cpu_seconds"], 2)
         if upsert and not upsert.get("failed"):
             r["throughput_vs_pyiceberg_upsert"] = round(run["records_per_s"] / upsert["rows_per_s"], 1)
             r["throughput_vs_upstream_17min_per_1M"] = round(
@@ -881,9 +916,10 @@ def main() -> None:
     result["ratios"] = ratios
     result["machine"] = {"cpus": os.cpu_count(), "load_avg_1m_at_end": round(os.getloadavg()[0], 2)}
     print("ratios:", json.dumps(ratios, indent=1), flush=True)
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"wrote {RESULT.relative_to(ROOT)}")
+    target = Path(args.result) if args.result else RESULT
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"wrote {target}")
 
 
 def child_main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from datetime import datetime, timezone
 
 import pytest
 
@@ -15,6 +16,8 @@ from tasks.simulator import TrafficProfile, produce
 from tasks.tables import BRONZE_CONVERSION_EVENTS_RAW
 
 pytestmark = pytest.mark.stack
+# Recent Kafka timestamps: the broker deletes records older than its retention (7 days).
+RECENT = datetime.now(timezone.utc)
 
 
 def test_ingest_retries_through_a_broker_restart_without_loss_or_duplicates(stack_settings):
@@ -25,7 +28,7 @@ def test_ingest_retries_through_a_broker_restart_without_loss_or_duplicates(stac
     topic = f"retry-{uuid.uuid4().hex[:8]}"
     settings = stack_settings.model_copy(update={"kafka_topic": topic})
     ensure_topic(settings, topic, partitions=3)
-    sent = produce(settings, TrafficProfile(events=2000, seed=5))
+    sent = produce(settings, TrafficProfile(events=2000, seed=5, end=RECENT))
     stack = Stack(stack_settings)
     stack.down(["kafka"])
     restarter = threading.Timer(8.0, lambda: stack.up(["kafka"]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from datetime import datetime, timezone
 
 import pyarrow.compute as pc
 import pytest
@@ -17,6 +18,8 @@ from tasks.tables import BRONZE_CONVERSION_EVENTS_RAW
 from tests.conftest import ROOT, stack_environment
 
 pytestmark = pytest.mark.stack
+# Recent Kafka timestamps: the broker deletes records older than its retention (7 days).
+RECENT = datetime.now(timezone.utc)
 
 
 @pytest.fixture
@@ -49,7 +52,7 @@ def run_ingest(settings, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_sigkill_at_each_point_then_rerun_holds_every_record_once(topic_settings):
-    report = produce(topic_settings, TrafficProfile(events=3000, seed=7, malformed_rate=0.01))
+    report = produce(topic_settings, TrafficProfile(events=3000, seed=7, malformed_rate=0.01, end=RECENT))
     for point in ("consuming", "files-written", "committed"):
         crashed = run_ingest(topic_settings, "--max-records", "700", "--crash-at", point)
         assert crashed.returncode == -9, crashed.stderr[-2000:]
@@ -61,7 +64,7 @@ def test_sigkill_at_each_point_then_rerun_holds_every_record_once(topic_settings
 
 
 def test_two_concurrent_runs_neither_duplicate_nor_lose(topic_settings):
-    report = produce(topic_settings, TrafficProfile(events=4000, seed=11))
+    report = produce(topic_settings, TrafficProfile(events=4000, seed=11, end=RECENT))
     env = {**stack_environment(), "LAKEHOUSE_KAFKA_TOPIC": topic_settings.kafka_topic}
     command = [sys.executable, "-m", "flows.cli", "run", "ingest", "--max-records", "1500"]
     runners = [subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -117,7 +120,7 @@ def test_snapshot_summary_holds_offsets_run_id_and_report(topic_settings):
     from flows.ingest import ingest_flow
     from tasks.commits import OFFSETS_KEY, REPORT_KEY, RUN_ID_KEY, decode_offsets
 
-    produce(topic_settings, TrafficProfile(events=500, seed=3, malformed_rate=0))
+    produce(topic_settings, TrafficProfile(events=500, seed=3, malformed_rate=0, end=RECENT))
     report = ingest_flow(settings=topic_settings)
     table = open_catalog(topic_settings).load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier)
     summary = table.snapshot_by_id(report["snapshot_id"]).summary.additional_properties

@@ -5,6 +5,7 @@ The same job code runs on a laptop and on a Ray cluster; only this switch differ
 
 from __future__ import annotations
 
+import logging
 import os
 
 from tasks.settings import Settings
@@ -37,15 +38,23 @@ def use_ray(settings: Settings) -> str:
 
     if settings.ray_address:
         ray.init(address=settings.ray_address, ignore_reinit_error=True, log_to_driver=False)
-        daft.set_runner_ray(address=settings.ray_address)
-        _configured = f"ray:{settings.ray_address}"
+        target = f"ray:{settings.ray_address}"
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # address="local": always a fresh in-process cluster, never a head that happens to run here
         ray.init(address="local", ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
                  num_cpus=os.cpu_count() or 2, object_store_memory=settings.ray_object_store_mb * 1024 * 1024)
-        daft.set_runner_ray()
-        _configured = "ray:in-process"
+        target = "ray:in-process"
+    try:
+        daft.set_runner_ray(address=settings.ray_address or None)
+        _configured = target
+    except Exception as exc:  # noqa: BLE001 - Daft raises a core error type
+        if "more than once" not in str(exc):
+            raise
+        # Daft already ran in this process (a test session, a notebook): it keeps its runner,
+        # and only the Ray tasks of this module (the Kafka readers) use the cluster.
+        logging.getLogger(__name__).warning("Daft's runner was already set in this process; keeping it")
+        _configured = f"{daft.get_or_infer_runner_type()} (Ray for tasks: {target})"
     return _configured
 
 

@@ -57,9 +57,7 @@ DIM_USER_COLUMNS = ("user_sk", "user_id", "user_plan", "user_country", "valid_fr
 @daft.func.batch(return_dtype=DataType.from_arrow_type(PARSED_TYPE), unnest=True)
 def _check_values(values: daft.Series, kafka_us: daft.Series, max_value_bytes: int) -> pa.Array:
     rows = check_events(values.to_pylist(), kafka_us.to_pylist(), max_value_bytes)
-    columns = list(zip(*rows)) if rows else [[] for _ in FIELDS]
-    arrays = [pa.array(column, type=f.type) for column, f in zip(columns, PARSED_TYPE)]
-    return pa.StructArray.from_arrays(arrays, fields=list(PARSED_TYPE))
+    return pa.array(rows, type=PARSED_TYPE)  # tuples in FIELDS order convert straight to the struct
 
 
 def validate(bronze: DataFrame, max_value_bytes: int) -> DataFrame:

@@ -58,7 +58,13 @@ def main(
     _State.config = config
     _State.settings = None
     logging.getLogger("daft.io").setLevel(logging.ERROR)  # "full table scan" notes are not for users
-    settings()  # validate at startup: a bad value fails before any work
+    import os
+
+    from infra.services import ray_env
+
+    # Ray reads its auth settings once, at import, and Daft may import it before any flow runs:
+    # the same mode and token file as the Ray head (or the in-process cluster) uses.
+    os.environ.update(ray_env(settings()))  # validates at startup: a bad value fails first
 
 
 @config_app.command("show")

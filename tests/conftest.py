@@ -12,6 +12,10 @@ STACK_CONFIG = ROOT / "infra" / "stack.toml"
 
 # Flows called in-process report to the stack's Prefect server, never to an ephemeral one.
 os.environ.setdefault("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+# Ray reads its auth mode once, when it is first imported (Daft may import it early): this test
+# process joins the stack's head with the head's token (infra/services.ray_env writes it).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(ROOT / ".lakehouse" / "run" / "ray-auth-token"))
 
 
 def stack_environment() -> dict[str, str]:

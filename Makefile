@@ -41,7 +41,8 @@ chromium:  ## Debian's Chromium for the Prefect UI test (skipped when it cannot 
 	  || echo "chromium could not be installed: the UI test will be skipped"
 
 test: install compose chromium  ## unit, contract, integration and end-to-end tests; starts the stack itself
-	$(UV) run pytest
+	$(UV) run pytest tests/unit
+	$(UV) run pytest tests/contract tests/e2e tests/integration
 
 unit: install  ## only the tests that need no service
 	$(UV) run pytest tests/unit -q

@@ -52,13 +52,41 @@ def existing_tables(catalog: Catalog) -> dict[str, Table]:
 
 
 def snapshot_as_of(table: Table, moment: datetime) -> int | None:
-    """The table's snapshot current at ``moment`` (None: the table had no data yet)."""
+    """The table's snapshot current at ``moment``; None when no retained snapshot was current then.
+
+    After snapshot expiry the log holds retained snapshots only. Iceberg's REST server drops every
+    entry up to the last expired one, but pyiceberg (the SQL catalog) drops just the expired entries
+    (and the parent ids pointing at them), so a moment whose state was expired would find the
+    retained entry before it: an older state than the one current at that moment. Sequence numbers
+    count every snapshot commit, so a number between two log entries that no retained snapshot
+    holds marks such a gap, and a moment in it has no retained state.
+    """
     ms = moment.timestamp() * 1000
+    metadata = table.metadata
+    log = metadata.snapshot_log
     chosen = None
-    for entry in table.metadata.snapshot_log:
+    for i, entry in enumerate(log):
         if entry.timestamp_ms <= ms:
-            chosen = entry.snapshot_id
-    return chosen
+            chosen = i
+    if chosen is None:
+        return None
+    if chosen + 1 < len(log):
+        here, following = (metadata.snapshot_by_id(e.snapshot_id) for e in log[chosen:chosen + 2])
+        if here is not None and following is not None and here.sequence_number and following.sequence_number:
+            held = {s.sequence_number for s in metadata.snapshots}
+            if any(n not in held for n in range(here.sequence_number + 1, following.sequence_number)):
+                return None  # expired snapshots were committed between the two entries
+    return log[chosen].snapshot_id
+
+
+def _reach_back(table: Table, name: str) -> str:
+    """Why a moment has no state, and what time travel still reaches: for the user's error."""
+    if not table.metadata.snapshot_log:
+        return "it has no snapshots"
+    first = table.metadata.snapshot_log[0]
+    at = datetime.fromtimestamp(first.timestamp_ms / 1000, timezone.utc).isoformat()
+    return (f"that state was expired or predates the table; the oldest it can reach by time is snapshot "
+            f"{first.snapshot_id} from {at} (`lakehouse history {name}` lists every retained snapshot)")
 
 
 def run_sql(
@@ -84,9 +112,10 @@ def run_sql(
         if snapshot_id is None and as_of is not None:
             snapshot_id = snapshot_as_of(table, as_of)
             if snapshot_id is None:
-                raise QueryError(f"{name} had no snapshot at {as_of.isoformat()}")
+                raise QueryError(f"{name} has no retained state as of {as_of.isoformat()}: {_reach_back(table, name)}")
         if snapshot_id is not None and table.metadata.snapshot_by_id(snapshot_id) is None:
-            raise QueryError(f"{name} has no snapshot {snapshot_id}")
+            raise QueryError(f"{name} has no snapshot {snapshot_id}: expired, or never one of its snapshots "
+                             f"(`lakehouse history {name}` lists those retained)")
         layer, short = name.split(".", 1)
         bindings[_binding(layer, short)] = daft.read_iceberg(table, snapshot_id=snapshot_id, io_config=io_config(settings))
     rewritten = _NAME.sub(lambda m: _binding(m.group(1), m.group(2)), query)

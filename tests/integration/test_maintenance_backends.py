@@ -17,6 +17,7 @@ import dataclasses
 import os
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from unittest import mock
 
@@ -129,6 +130,11 @@ def references(table) -> set[str]:
     return out
 
 
+def moment(timestamp_ms: int) -> datetime:
+    """A millisecond after a commit: that commit's state is the current one."""
+    return datetime.fromtimestamp((timestamp_ms + 1) / 1000, timezone.utc)
+
+
 def kind(uri: str) -> str:
     name = uri.rsplit("/", 1)[-1]
     if name.endswith(".metadata.json"):
@@ -173,6 +179,7 @@ def test_expiry_deletes_exactly_the_unreferenced_objects_and_time_travel_holds(b
     table.manage_snapshots().create_tag(ids[1], "audit").commit()
     table = table.refresh()
     checksums = {i: row_checksum(table.scan(snapshot_id=i).to_arrow()) for i in ids}
+    committed = {s.snapshot_id: s.timestamp_ms for s in table.metadata.snapshots}
     referenced_before, objects_before = references(table), set(backend.objects())
     assert referenced_before <= objects_before
 
@@ -199,10 +206,16 @@ def test_expiry_deletes_exactly_the_unreferenced_objects_and_time_travel_holds(b
     pinned = run_sql(backend.settings, query, snapshots={backend.identifier: ids[1]})
     assert pinned.column("n").to_pylist() == [checksums[ids[1]].rows]
 
-    expired = ids[2]
-    with pytest.raises(QueryError) as error:
+    newest = run_sql(backend.settings, query, as_of=moment(committed[ids[-1]]))
+    assert newest.column("n").to_pylist() == [checksums[ids[-1]].rows]
+
+    expired = ids[3]
+    with pytest.raises(QueryError, match=f"^{backend.identifier} has no snapshot {expired}: expired"):
         run_sql(backend.settings, query, snapshots={backend.identifier: expired})
-    assert str(error.value) == f"{backend.identifier} has no snapshot {expired}"
+    # by time too: while ids[3] was current, not the older retained (tagged) state
+    assert committed[ids[3]] + 1 < committed[ids[4]]
+    with pytest.raises(QueryError, match=f"^{backend.identifier} has no retained state as of .*: that state was expired"):
+        run_sql(backend.settings, query, as_of=moment(committed[ids[3]]))
     with mock.patch.dict(os.environ):  # the CLI exports Ray's settings into the environment
         for pin in (f"{backend.identifier}={expired}", str(expired)):
             cli = CliRunner().invoke(cli_app, ["sql", query, "--snapshot", pin])

@@ -1,8 +1,9 @@
 """Kafka → bronze, one micro-batch per run, exactly once.
 
-plan (offsets from bronze's last snapshot, watermarks from Kafka) → read every partition in
-parallel on Ray → one Iceberg append whose snapshot summary holds the next offsets → only then
-commit the consumer group (lag monitoring) → emit ``lakehouse.table.committed``.
+plan (offsets from bronze's last snapshot, watermarks from Kafka) → every partition read and
+written as bronze data files in parallel by warm Ray actors (``tasks.bronze_writers``) → one
+Iceberg append of those files whose snapshot summary holds the next offsets → only then commit
+the consumer group (lag monitoring) → emit ``lakehouse.table.committed``.
 """
 
 from __future__ import annotations
@@ -13,18 +14,17 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Optional
 
-import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.bronze_writers import WrittenRange, write_ranges
 from tasks.catalog import open_catalog
-from tasks.commits import Offsets, append_with_offsets, latest_offsets
-from tasks.compute import map_on_ray, use_ray
-from tasks.kafka import PartitionBatch, PartitionRange, commit_group_offsets, read_partition, watermarks
+from tasks.commits import Offsets, append_files_with_offsets, latest_offsets
+from tasks.compute import use_ray
+from tasks.kafka import PartitionRange, commit_group_offsets, watermarks
 from tasks.settings import Settings, load_settings
 from tasks.tables import BRONZE_CONVERSION_EVENTS_RAW, ensure_table
 from tasks.orchestration import TRANSIENT_RETRY, crash_if, emit_table_committed, publish_counts, table_lock
-from tasks.transforms.bronze import concat_batches
 
 CRASH_POINTS = ("consuming", "files-written", "committed")
 
@@ -98,23 +98,26 @@ def plan_batch(settings: Settings, limits: BatchLimits, run_id: str) -> BatchPla
 
 
 @task(**TRANSIENT_RETRY)
-def read_batch(settings: Settings, plan: BatchPlan, ingested_at: datetime) -> list[PartitionBatch]:
-    """Every partition's range in parallel, one Ray task each."""
-    return map_on_ray(read_partition, plan.ranges, settings.kafka_bootstrap, ingested_at, plan.run_id)
+def read_batch(settings: Settings, plan: BatchPlan, ingested_at: datetime) -> list[WrittenRange]:
+    """Every partition's range in parallel on the warm writer actors, written as uncommitted bronze files."""
+    table = ensure_table(open_catalog(settings), settings, BRONZE_CONVERSION_EVENTS_RAW)
+    return write_ranges(
+        plan.ranges, settings.kafka_bootstrap, ingested_at, plan.run_id, table.metadata, dict(table.io.properties),
+        slots=settings.ingest_writers, idle_seconds=settings.ingest_writer_idle_seconds,
+    )
 
 
 @task(cache_policy=NO_CACHE)
-def commit_batch(settings: Settings, plan: BatchPlan, batches: list[PartitionBatch], report: BatchReport,
+def commit_batch(settings: Settings, plan: BatchPlan, batches: list[WrittenRange], report: BatchReport,
                  crash_at: str | None) -> int:
-    """One Iceberg append covering all partitions, the next offsets in its snapshot summary."""
+    """One Iceberg append of every partition's files, the next offsets in its snapshot summary."""
     table = ensure_table(open_catalog(settings), settings, BRONZE_CONVERSION_EVENTS_RAW)
     next_offsets = {t: dict(ps) for t, ps in plan.expected.items()}
     next_offsets.setdefault(plan.topic, {}).update({b.partition: b.next_offset for b in batches})
-    rows = concat_batches([b.table for b in batches])
     with table_lock(BRONZE_CONVERSION_EVENTS_RAW.identifier):
-        return append_with_offsets(
-            table, rows, plan.expected, next_offsets, plan.run_id, report.as_dict(),
-            on_stage=lambda stage: crash_if(stage, crash_at),
+        return append_files_with_offsets(
+            table, [f for b in batches for f in b.data_files], plan.expected, next_offsets, plan.run_id,
+            report.as_dict(), on_stage=lambda stage: crash_if(stage, crash_at),
         )
 
 
@@ -188,8 +191,6 @@ def _ingest_batch(settings: Settings, limits: BatchLimits, crash_at: str | None,
     emit_table_committed(BRONZE_CONVERSION_EVENTS_RAW.identifier, "bronze", report.snapshot_id, report.run_id,
                          rows_written=report.records)
     report.seconds = round(time.monotonic() - began, 3)
-    del batches
-    pa.default_memory_pool().release_unused()  # give the batch's buffers back before the next one
     logger.info(
         "bronze batch: %d records, %d bytes, %d partitions, offsets %s -> %s, lag left %d, %.2fs, snapshot %s",
         report.records, report.bytes, report.partitions, report.offsets_from, report.offsets_to,

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import warnings
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import BooleanExpression
-from pyiceberg.table import Table
+from pyiceberg.manifest import DataFile
+from pyiceberg.table import Table, Transaction
 
 OFFSETS_KEY = "lakehouse.kafka.offsets"
 RUN_ID_KEY = "lakehouse.run-id"
@@ -98,22 +99,46 @@ def commit_rows(
     have ``commit.retry.num-retries=0``: an automatic retry would re-apply the rows on top of the
     other run's commit and duplicate them. An empty ``rows`` still commits, to move the bookkeeping.
     """
-    table = table.refresh()
-    if not still_current(table):
-        raise StaleCommitError(f"{table.name()}: another run committed since this one planned; nothing committed")
-    if table.metadata.properties.get("commit.retry.num-retries") != "0":
-        raise RuntimeError(f"{table.name()} must have commit.retry.num-retries=0 for exactly-once commits")
-    transaction = table.transaction()
+    transaction = _checked_transaction(table, still_current)
     if delete_filter is not None:
         with warnings.catch_warnings():  # "did not match any records" is an expected outcome here
             warnings.simplefilter("ignore", UserWarning)
             transaction.delete(delete_filter, snapshot_properties=dict(summary))
     transaction.append(rows, snapshot_properties=dict(summary))
     on_stage("files-written")
+    return _commit(transaction, table.name(), on_stage)
+
+
+def commit_files(
+    table: Table,
+    data_files: Sequence[DataFile],
+    summary: Mapping[str, str],
+    still_current: Callable[[Table], bool],
+    on_stage: Callable[[str], None] = lambda stage: None,
+) -> int:
+    """Like ``commit_rows`` for data files already written (by the ingest writers): one fast append."""
+    transaction = _checked_transaction(table, still_current)
+    with transaction.update_snapshot(snapshot_properties=dict(summary)).fast_append() as append:
+        for data_file in data_files:
+            append.append_data_file(data_file)
+    on_stage("files-written")
+    return _commit(transaction, table.name(), on_stage)
+
+
+def _checked_transaction(table: Table, still_current: Callable[[Table], bool]) -> Transaction:
+    table = table.refresh()
+    if not still_current(table):
+        raise StaleCommitError(f"{table.name()}: another run committed since this one planned; nothing committed")
+    if table.metadata.properties.get("commit.retry.num-retries") != "0":
+        raise RuntimeError(f"{table.name()} must have commit.retry.num-retries=0 for exactly-once commits")
+    return table.transaction()
+
+
+def _commit(transaction: Transaction, name: str, on_stage: Callable[[str], None]) -> int:
     try:
         committed = transaction.commit_transaction()
     except CommitFailedException as exc:
-        raise StaleCommitError(f"{table.name()}: a concurrent commit won ({exc}); nothing committed") from exc
+        raise StaleCommitError(f"{name}: a concurrent commit won ({exc}); nothing committed") from exc
     on_stage("committed")
     snapshot = committed.current_snapshot()
     assert snapshot is not None
@@ -130,12 +155,33 @@ def append_with_offsets(
     on_stage: Callable[[str], None] = lambda stage: None,
 ) -> int:
     """Append bronze rows in one snapshot that records ``next_offsets``; refuse if offsets moved."""
-    summary = {
-        OFFSETS_KEY: encode_offsets(next_offsets),
-        RUN_ID_KEY: run_id,
-        REPORT_KEY: json.dumps(report, sort_keys=True, default=str),
-    }
+    summary = _offsets_summary(next_offsets, run_id, report)
     try:
         return commit_rows(table, rows, summary, lambda t: latest_offsets(t) == expected, on_stage=on_stage)
     except StaleCommitError as exc:
         raise OffsetsMovedError(str(exc)) from exc
+
+
+def append_files_with_offsets(
+    table: Table,
+    data_files: Sequence[DataFile],
+    expected: Offsets,
+    next_offsets: Offsets,
+    run_id: str,
+    report: Mapping[str, object],
+    on_stage: Callable[[str], None] = lambda stage: None,
+) -> int:
+    """``append_with_offsets`` for bronze files the ingest writers already wrote."""
+    summary = _offsets_summary(next_offsets, run_id, report)
+    try:
+        return commit_files(table, data_files, summary, lambda t: latest_offsets(t) == expected, on_stage=on_stage)
+    except StaleCommitError as exc:
+        raise OffsetsMovedError(str(exc)) from exc
+
+
+def _offsets_summary(next_offsets: Offsets, run_id: str, report: Mapping[str, object]) -> dict[str, str]:
+    return {
+        OFFSETS_KEY: encode_offsets(next_offsets),
+        RUN_ID_KEY: run_id,
+        REPORT_KEY: json.dumps(report, sort_keys=True, default=str),
+    }

@@ -1,0 +1,167 @@
+"""Kafka partition ranges into bronze data files, on warm, long-lived Ray actors.
+
+Why actors: a Ray worker belongs to one job, so every ingest process would otherwise pay ~3 s of
+worker start and imports (confluent-kafka, pyarrow, pyiceberg) before it read one record.
+Detached, named actors in the ``lakehouse`` namespace stay warm between runs. Their names carry
+a hash of the code they run, so new code gets new actors and the old ones are retired. An
+actor that has been idle for ``idle_seconds`` exits on its own, which frees its memory.
+
+Why files, not rows: each actor writes its range as Parquet data files in the table's location
+and returns only their metadata. The bytes never travel through the object store or the driver,
+the driver's memory stays flat, and more Ray nodes mean more readers and writers. The driver
+commits every range's files in one Iceberg snapshot (``tasks.commits.append_files_with_offsets``);
+files of a batch that never commits are orphans, which maintenance removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tasks.kafka import PartitionRange, read_partition
+
+if TYPE_CHECKING:
+    from pyiceberg.manifest import DataFile
+    from pyiceberg.table.metadata import TableMetadata
+
+NAMESPACE = "lakehouse"
+NAME_PREFIX = "bronze-writer-"
+
+
+@dataclass(frozen=True)
+class WrittenRange:
+    """One partition range, read and written: where it ended and the files that hold it."""
+
+    topic: str
+    partition: int
+    start: int
+    next_offset: int
+    records: int
+    bytes: int
+    data_files: list["DataFile"]
+
+
+def write_partition_range(
+    wanted: PartitionRange,
+    bootstrap: str,
+    ingested_at: datetime,
+    run_id: str,
+    table_metadata: "TableMetadata",
+    io_properties: dict[str, str],
+) -> WrittenRange:
+    """Read one partition range and write it as data files of the table, uncommitted."""
+    from pyiceberg.io import load_file_io
+    from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
+
+    batch = read_partition(wanted, bootstrap, ingested_at, run_id)
+    files: list = []
+    if batch.records:
+        _check_pyarrow_schema_compatible(
+            table_metadata.schema(), provided_schema=batch.table.schema, format_version=table_metadata.format_version
+        )
+        io = load_file_io(io_properties, table_metadata.location)
+        # a write uuid per range: file names stay unique across the actors of one batch
+        files = list(_dataframe_to_data_files(table_metadata, batch.table, io, write_uuid=uuid.uuid4()))
+    return WrittenRange(batch.topic, batch.partition, batch.start, batch.next_offset, batch.records, batch.bytes,
+                        files)
+
+
+class BronzeWriter:
+    """A Ray actor that runs ``write_partition_range`` and exits after ``idle_seconds`` unused."""
+
+    def __init__(self, idle_seconds: float):
+        self._last_used = time.monotonic()
+        self._busy = False
+        threading.Thread(target=self._exit_when_idle, args=(idle_seconds,), daemon=True).start()
+
+    def write(self, *args) -> WrittenRange:
+        self._busy = True
+        try:
+            return write_partition_range(*args)
+        finally:
+            self._busy = False
+            self._last_used = time.monotonic()
+
+    def _exit_when_idle(self, idle_seconds: float) -> None:
+        while True:
+            time.sleep(min(30.0, idle_seconds))
+            if not self._busy and time.monotonic() - self._last_used >= idle_seconds:
+                os._exit(0)  # Ray frees the name; the next run starts a fresh actor
+
+
+def code_version() -> str:
+    """A hash of the code an actor runs: actors of other code are never used."""
+    import pyarrow
+    import pyiceberg
+
+    from tasks import kafka
+    from tasks.transforms import bronze
+
+    digest = hashlib.sha256(f"{pyiceberg.__version__} {pyarrow.__version__}".encode())
+    for module_file in (__file__, kafka.__file__, bronze.__file__):
+        digest.update(Path(module_file).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def writer_pool(slots: int, idle_seconds: float) -> list:
+    """``slots`` warm writer actors of this code version, created on first use; stale ones retired."""
+    import ray
+
+    version = code_version()
+    _retire_stale_writers(version)
+    actor = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1)(BronzeWriter)
+    return [
+        actor.options(name=f"{NAME_PREFIX}{version}-{slot}", namespace=NAMESPACE, lifetime="detached",
+                      get_if_exists=True).remote(idle_seconds)
+        for slot in range(slots)
+    ]
+
+
+def _retire_stale_writers(version: str) -> None:
+    import ray
+
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        name, namespace = entry["name"], entry["namespace"]
+        if namespace == NAMESPACE and name.startswith(NAME_PREFIX) and not name.startswith(NAME_PREFIX + version):
+            try:
+                ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+            except ValueError:  # gone already
+                pass
+
+
+def write_ranges(
+    ranges: list[PartitionRange],
+    bootstrap: str,
+    ingested_at: datetime,
+    run_id: str,
+    table_metadata: "TableMetadata",
+    io_properties: dict[str, str],
+    slots: int,
+    idle_seconds: float,
+) -> list[WrittenRange]:
+    """Every range on the writer pool at once (round robin), results in range order.
+
+    An actor that exited on idle just as it was handed work is replaced once.
+    """
+    import ray
+    from ray.exceptions import RayActorError
+
+    if not ranges:
+        return []
+    shared = [ray.put(x) for x in (bootstrap, ingested_at, run_id, table_metadata, io_properties)]
+    for attempt in (1, 2):
+        pool = writer_pool(min(slots, len(ranges)), idle_seconds)
+        try:
+            return ray.get([pool[i % len(pool)].write.remote(r, *shared) for i, r in enumerate(ranges)])
+        except RayActorError:
+            if attempt == 2:
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")

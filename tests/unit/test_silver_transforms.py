@@ -10,7 +10,10 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from tasks.transforms import silver
-from tasks.transforms.contract import FIELDS, REASONS, check_event, check_events
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasks.transforms.contract import _SHAPE, FIELDS, PARSED_TYPE, REASONS, check_event, check_events, check_values
 
 KAFKA_TS = datetime(2024, 12, 25, 12, 0, tzinfo=timezone.utc)
 KAFKA_US = int(KAFKA_TS.timestamp() * 1_000_000)
@@ -107,9 +110,101 @@ def test_no_input_crashes_the_checker(value):
 
 
 def test_fast_path_agrees_with_the_full_check():
-    values = [raw(), raw(output="X"), b"[]", None, raw(schema_version=2, region="eu", cache_hit=False), raw(latency_ms=-1)]
+    values = [raw(), raw(output="X"), b"[]", None, raw(schema_version=2, region="eu", cache_hit=False), raw(latency_ms=-1),
+              raw(region="eu", cache_hit=True), raw(region=None)]
     fast = check_events(values, [KAFKA_US] * len(values), LIMIT)
     assert fast == [tuple(check_event(v, KAFKA_US, LIMIT)[f] for f in FIELDS) for v in values]
+
+
+def compact(**overrides) -> bytes:
+    return json.dumps(event(**overrides), separators=(",", ":")).encode()
+
+
+def bulk(values: list, kafka_us: list | None = None) -> list[tuple]:
+    kafka_us = kafka_us if kafka_us is not None else [KAFKA_US] * len(values)
+    out = check_values(pa.array(values, pa.binary()), pa.array(kafka_us, pa.int64()), LIMIT)
+    return [tuple(row[f] for f in FIELDS) for row in out.to_pylist()]
+
+
+def one_by_one(values: list, kafka_us: list | None = None) -> list[tuple]:
+    kafka_us = kafka_us if kafka_us is not None else [KAFKA_US] * len(values)
+    return [tuple(check_event(v, ts, LIMIT)[f] for f in FIELDS) for v, ts in zip(values, kafka_us)]
+
+
+# Values the vectorized shape accepts but the contract still rejects, or where it must defer.
+SHAPED_EDGE_CASES = [
+    compact(), raw(),  # compact, and json.dumps' default separators
+    compact(occurred_at="2024-02-30T10:15:30Z"), compact(occurred_at="2024-12-25T24:00:00Z"),
+    compact(occurred_at="2024-12-25T10:15:60Z"), compact(occurred_at="1969-12-31T23:59:59.500Z"),
+    compact(occurred_at="0000-01-01T00:00:00Z"), compact(occurred_at="2024-12-25T10:15:30.123456+00:00"),
+    compact(occurred_at="2024-12-25T12:05:00Z"), compact(occurred_at="2024-12-25T12:05:00.001Z"),
+    compact(output="MCMXCV"), compact(input="0994", output="CMXCIV"), compact(input="4000", output=None),
+    compact(success=False, output=None, error_code="OUT_OF_RANGE", http_status=422, input="4000"),
+    compact(success=False, output=None, error_code="OUT_OF_RANGE", http_status=400, input="12"),
+    compact(success=False, output="X", error_code="OUT_OF_RANGE", http_status=422),
+    compact(success=False, output=None, error_code=None, http_status=422),
+    compact(success=True, error_code="OUT_OF_RANGE"), compact(http_status=422),
+    compact(direction="from_roman", endpoint="/v1/from-roman", input="XIV", output="14"),
+    compact(direction="from_roman", endpoint="/v1/from-roman", input="XIIII", output="14"),
+    compact(direction="from_roman", endpoint="/v1/to-roman", input="XIV", output="14"),
+    compact(schema_version=2, region="eu-west-1", cache_hit=False), compact(schema_version=2),
+    compact(region="eu-west-1", cache_hit=True), compact(schema_version=2, client=_DROP, region="", cache_hit=True),
+    compact(client=_DROP), compact(client=None), compact(user_id=None, user_plan=None, user_country=None),
+    compact(latency_ms=0), compact(latency_ms=12), compact(latency_ms=0.1234567890123),
+    compact(event_id="6F1C2A7E-3B7D-4A53-9F1E-0C6A2D9B4E11"),
+]
+# Values the shape refuses: the per-row check decides them, fast path or full check.
+UNSHAPED_CASES = [
+    json.dumps(dict(reversed(list(event().items())))).encode(),  # another field order
+    compact(user_id="u-\u00e9"), compact(user_id="ü-1"), compact(latency_ms=1e-30), compact(latency_ms=-1.5),
+    compact(occurred_at="2024-12-25T10:15:30+01:00"), compact(occurred_at="2024-12-25T10:15:30.1Z"),
+    compact(schema_version=1.0), compact(http_status=201), compact() + b"x", compact() + b"\n",
+    b'{"event_id":"6f1c2a7e-3b7d-4a53-9f1e-0c6a2d9b4e11","event_id":"6f1c2a7e-3b7d-4a53-9f1e-0c6a2d9b4e12"}',
+    b"\xef\xbb\xbf" + compact(), compact().replace(b'"conversion"', b'"conversion",  "extra": [1]'),
+    None, b"", b"{}", b"[]", b"x" * (LIMIT + 1),
+]
+
+
+def test_the_common_case_takes_the_vectorized_path():
+    for value in SHAPED_EDGE_CASES:
+        assert pc.match_substring_regex(pa.array([value], pa.binary()), _SHAPE)[0].as_py(), value
+    for value in UNSHAPED_CASES:
+        assert not pc.fill_null(pc.match_substring_regex(pa.array([value], pa.binary()), _SHAPE), False)[0].as_py(), value
+
+
+def test_bulk_check_agrees_with_check_event_row_by_row():
+    values = SHAPED_EDGE_CASES + UNSHAPED_CASES
+    assert bulk(values) == one_by_one(values)
+    no_kafka_time = [None] * len(values)
+    assert bulk(values, no_kafka_time) == one_by_one(values, no_kafka_time)
+
+
+@pytest.mark.parametrize("value", [raw()] + [v for v, _ in [
+    (raw(output="MCMXCV"), 0), (raw(latency_ms=-0.5), 0), (raw(occurred_at="2024-12-25T12:06:00Z"), 0),
+]])
+def test_bulk_check_keeps_every_reason_code(value):
+    assert bulk([value]) == one_by_one([value])
+
+
+FIELD_VALUES = st.sampled_from([
+    None, _DROP, True, False, 0, 1, 2, 200, 422, -1, 0.5, "", "x", "free", "DE", "de", "to_roman", "from_roman",
+    "/v1/to-roman", "/v1/from-roman", "OUT_OF_RANGE", "1994", "MCMXCIV", "XIV", "14", "2024-12-25T10:15:30Z",
+    "2024-12-25T12:06:00.000Z", "2023-02-29T00:00:00Z", "6f1c2a7e-3b7d-4a53-9f1e-0c6a2d9b4e11", "conversion",
+])
+
+
+@given(st.lists(st.dictionaries(st.sampled_from(list(event()) + ["region", "cache_hit"]), FIELD_VALUES, max_size=4),
+                min_size=1, max_size=12),
+       st.booleans())
+@hsettings(max_examples=150, deadline=None)
+def test_bulk_check_agrees_on_mutated_events(mutations, spaced):
+    """Events one to four fields away from valid: the vectorized path never disagrees with check_event."""
+    values = [(raw if spaced else compact)(**m) for m in mutations]
+    assert bulk(values) == one_by_one(values)
+
+
+def test_bulk_check_of_an_empty_batch():
+    assert check_values(pa.array([], pa.binary()), pa.array([], pa.int64()), LIMIT).type == PARSED_TYPE
 
 
 # ---- frames ------------------------------------------------------------------------------------

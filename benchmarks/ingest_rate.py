@@ -1,16 +1,17 @@
 """Kafka → committed bronze: the ingest flow's rate beside a bare confluent-kafka consume loop, in one run.
 
-    .venv/bin/python benchmarks/ingest_rate.py [--events 1000000] [--profile] [--cprofile] [--keep]
+    .venv/bin/python benchmarks/ingest_rate.py [--events 1000000] [--keep]
 
-1. produces ``--events`` simulator events (small dirty rates) to a fresh 3-partition topic;
-2. (a) reads them back with a bare consume loop (one consumer, all partitions assigned from the
-   start, ``consume(num_messages=10000)``, touching value/key/offset only), before and after (b);
-3. (b) drains them into bronze with ``lakehouse run ingest --until-caught-up`` in a subprocess and
-   measures launch → last bronze commit (the Iceberg snapshot's own timestamp), with a per-phase
-   breakdown from the Prefect log lines;
-4. with ``--profile``, produces the same events to a second fresh topic and drains it with the flow
-   in-process, every phase timed from inside (Ray reader tasks split into Kafka loop / Arrow
-   building / transfer, the Iceberg append split into partitioning / Parquet / upload / commit).
+1. produces ``--events`` simulator events (small dirty rates) to each of two fresh 3-partition topics;
+2. (a) reads one back with a bare consume loop (one consumer, all partitions assigned from the
+   start, ``consume(num_messages=10000)``, touching value/key/offset only), before and after (b, c);
+3. (b) retires the warm ingest writer actors, then drains the first topic into bronze with
+   ``lakehouse run ingest --until-caught-up`` in a subprocess: the cold case, the first run after
+   a deploy or a long pause;
+4. (c) drains the second topic the same way with the writers warm: every scheduled run after that.
+
+Each measures launch → last bronze commit (the Iceberg snapshot's own timestamp) and the time
+inside the flows, with a per-phase breakdown from the Prefect log lines.
 
 Writes benchmarks/results/ingest_rate.json. Prints figures; never asserts. Topics are unique per
 run and deleted at the end (unless --keep). The ingested rows stay in the shared
@@ -186,6 +187,17 @@ def parse_phases(log: str) -> list[dict]:
     return runs
 
 
+_BATCH = re.compile(r"bronze batch: (\d+) records, (\d+) bytes, .*, ([\d.]+)s, snapshot (\d+)"
+                    r"(?: \((\d+) files; per partition read (\{.*?\}) s, write (\{.*?\}) s\))?")
+
+
+def _batch_lines(log: str) -> list[dict]:
+    """Every committed batch, from the flow's "bronze batch: ..." log line."""
+    return [{"records": int(m[1]), "bytes": int(m[2]), "seconds": float(m[3]), "snapshot_id": int(m[4]),
+             "files": int(m[5]) if m[5] else None, "read_s_per_partition": m[6], "write_s_per_partition": m[7]}
+            for m in map(_BATCH.search, log.splitlines()) if m]
+
+
 def snapshot_times(settings: Settings, snapshot_ids: list[int]) -> dict[int, float]:
     """Commit time (epoch seconds) of each bronze snapshot, from the snapshot itself."""
     from tasks.catalog import open_catalog
@@ -245,13 +257,15 @@ def run_cli_ingest(settings: Settings, env: dict | None = None, args: tuple[str,
 
 def summarize_cli(settings: Settings, result: dict) -> dict:
     """Rate from launch to the last commit, plus the per-batch and per-phase view."""
-    reports = [r for r in result["reports"] if r["records"]]
-    records = sum(r["records"] for r in reports)
-    times = snapshot_times(settings, [r["snapshot_id"] for r in reports if r["snapshot_id"]])
+    # one summary per process: the last batch's report plus total_records and batches
+    reports = [r for r in result["reports"] if r.get("total_records", r["records"])]
+    records = sum(r.get("total_records", r["records"]) for r in reports)
+    batches = _batch_lines(result["log"])
+    times = snapshot_times(settings, [b["snapshot_id"] for b in batches] or
+                           [r["snapshot_id"] for r in reports if r["snapshot_id"]])
     last_commit = max(times.values()) if times else result["ended"]
     first_commit = min(times.values()) if times else result["ended"]
     to_last_commit = last_commit - result["launched"]
-    flow_seconds = sum(r["seconds"] for r in result["reports"])
     phases = parse_phases(result["log"])
     totals: dict[str, float] = {}
     for run in phases:
@@ -263,20 +277,23 @@ def summarize_cli(settings: Settings, result: dict) -> dict:
         lt = time.localtime(result["launched"])
         launch_sod = lt.tm_hour * 3600 + lt.tm_min * 60 + lt.tm_sec + result["launched"] % 1
         first_flow_begin = round(phases[0]["_begin"] - launch_sod, 3)
+    flow_seconds = to_last_commit - (first_flow_begin or 0.0)  # first flow begins -> last commit
     return {
         "records": records,
-        "bytes": sum(r["bytes"] for r in reports),
-        "batches": len(reports),
-        "records_per_batch": [r["records"] for r in reports],
+        "bytes": sum(b["bytes"] for b in batches),
+        "batches": len(batches),
+        "records_per_batch": [b["records"] for b in batches],
+        "seconds_per_batch": [b["seconds"] for b in batches],
+        "writers_per_batch": [{k: b[k] for k in ("files", "read_s_per_partition", "write_s_per_partition")}
+                              for b in batches],
         "attempts": len(result["runs"]),
         "launch_to_last_commit_s": round(to_last_commit, 3),
         "process_wall_s": round(result["ended"] - result["launched"], 3),
         "launch_to_first_flow_begin_s": first_flow_begin,
         "first_to_last_commit_s": round(last_commit - first_commit, 3),
-        "sum_report_seconds": round(flow_seconds, 3),
+        "first_flow_begin_to_last_commit_s": round(flow_seconds, 3),
         "events_per_s": round(records / to_last_commit) if to_last_commit > 0 else None,
         "events_per_s_in_flows": round(records / flow_seconds) if flow_seconds > 0 else None,
-        "per_batch_report_seconds": [r["seconds"] for r in result["reports"]],
         "phases_total_s": totals,
         "phases_per_flow_run": [{"phases": run["phases"], "total": run.get("total")} for run in phases],
     }
@@ -293,294 +310,6 @@ def write_result(path: Path, result: dict) -> None:
     print(f"wrote {path.relative_to(ROOT)}")
 
 
-# ---- the in-process, instrumented run (--profile) ---------------------------------------------
-
-def _timed_read(wanted, bootstrap, ingested_at, run_id):
-    """Runs on a Ray worker: tasks.kafka.read_partition, with its Arrow building timed apart."""
-    import time as _time
-
-    import tasks.transforms.bronze as bronze
-    from tasks.kafka import read_partition
-
-    began = _time.time()
-    spans = {}
-    original = bronze.records_to_arrow
-
-    def timed_records_to_arrow(*a, **kw):
-        t = _time.time()
-        table = original(*a, **kw)
-        spans["arrow_s"] = _time.time() - t
-        spans["arrow_started"] = t
-        return table
-
-    bronze.records_to_arrow = timed_records_to_arrow
-    try:
-        batch = read_partition(wanted, bootstrap, ingested_at, run_id)
-    finally:
-        bronze.records_to_arrow = original
-    ended = _time.time()
-    import os as _os
-
-    return batch, {"began": began, "ended": ended, "records": batch.records, "bytes": batch.bytes,
-                   "table_nbytes": batch.table.nbytes, "worker_pid": _os.getpid(), **spans}
-
-
-def readers_without_ray(settings: Settings, topic: str, threaded: bool) -> dict:
-    """tasks.kafka.read_partition for every partition in this process: no Ray, no Iceberg.
-
-    Sequential, or one thread per partition (librdkafka fetches in its own threads; the Python
-    per-message loop shares one GIL). What reading in the driver instead of on Ray would give.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tasks.kafka import PartitionRange
-
-    marks = watermarks(settings, topic)
-    deadline = time.time() + 3600
-    ranges = [PartitionRange(topic, p, low, high, max_records=10**12, max_bytes=1 << 50, deadline=deadline)
-              for p, (low, high) in sorted(marks.items()) if high > low]
-    ingested_at = datetime.now(timezone.utc)
-    started = time.perf_counter()
-    if threaded:
-        with ThreadPoolExecutor(len(ranges)) as pool:
-            results = list(pool.map(lambda r: _timed_read(r, settings.kafka_bootstrap, ingested_at, "bench"), ranges))
-    else:
-        results = [_timed_read(r, settings.kafka_bootstrap, ingested_at, "bench") for r in ranges]
-    seconds = time.perf_counter() - started
-    records = sum(b.records for b, _s in results)
-    arrow = [round(s.get("arrow_s", 0.0), 3) for _b, s in results]
-    del results
-    return {"mode": "threads" if threaded else "sequential", "records": records, "seconds": round(seconds, 3),
-            "events_per_s": round(records / seconds), "records_to_arrow_s_per_partition": arrow}
-
-
-class _Timers:
-    def __init__(self):
-        self.batches: list[dict] = []
-        self.current: dict = {}
-
-    def add(self, name: str, seconds: float) -> None:
-        self.current[name] = round(self.current.get(name, 0.0) + seconds, 4)
-
-    def wrap(self, name: str, fn):
-        def wrapper(*a, **kw):
-            t = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                self.add(name, time.perf_counter() - t)
-        wrapper.__wrapped__ = fn
-        return wrapper
-
-
-def profile_in_process(settings: Settings, use_cprofile: bool, side_measurements: bool) -> dict:
-    """Drain ``settings.kafka_topic`` with ingest_flow in this process, timing every phase from inside."""
-    from infra.services import prefect_env
-
-    from tasks.compute import ray_client_env
-
-    os.environ.update({k: v for k, v in prefect_env(settings).items() if k == "PREFECT_API_URL"})
-    if settings.ray_address:
-        os.environ.update(ray_client_env(settings))  # before ray is imported: it reads them once
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import ray
-    from pyiceberg.io import pyarrow as pyiceberg_pyarrow
-    from pyiceberg.table import Transaction
-
-    import flows.ingest as ingest
-
-    timers = _Timers()
-    worker_spans: list[list[dict]] = []
-    seen_pids: set[int] = set()
-    side: list[dict] = []
-
-    def timed_map_on_ray(fn, items, *args, num_cpus: float = 0.25):
-        assert fn is ingest.read_partition
-        t0 = time.time()
-        remote = ray.remote(num_cpus=num_cpus, max_retries=0)(_timed_read)
-        shared = [ray.put(a) for a in args]
-        refs = [remote.remote(item, *shared) for item in items]
-        submitted = time.time()
-        results = ray.get(refs)
-        got = time.time()
-        spans = [s for _b, s in results]
-        worker_spans.append([{**s, "submitted": submitted, "got": got, "t0": t0} for s in spans])
-        first_began = min(s["began"] for s in spans)
-        last_ended = max(s["ended"] for s in spans)
-        timers.add("ray: submit -> first reader running", first_began - t0)
-        timers.add("ray: submit -> last reader running (a cold worker shows here)",
-                   max(s["began"] for s in spans) - t0)
-        pids = [s["worker_pid"] for s in spans]
-        timers.add("ray: readers on a worker new to this run", sum(1 for p in pids if p not in seen_pids))
-        seen_pids.update(pids)
-        timers.add("ray: readers (first start -> last end)", last_ended - first_began)
-        timers.add("ray: last reader end -> driver has results", got - last_ended)
-        # worker-side split (max over the parallel readers: the critical path)
-        timers.add("readers: kafka loop (max of partitions)",
-                   max(s["ended"] - s["began"] - s.get("arrow_s", 0) for s in spans))
-        timers.add("readers: records_to_arrow (max of partitions)", max(s.get("arrow_s", 0) for s in spans))
-        return [b for b, _s in results]
-
-    original_append = Transaction.append
-    original_commit = Transaction.commit_transaction
-    original_determine = pyiceberg_pyarrow._determine_partitions
-
-    def timed_append(self, df, *a, **kw):
-        t = time.perf_counter()
-        try:
-            return original_append(self, df, *a, **kw)
-        finally:
-            timers.add("iceberg: transaction.append (partition + parquet + upload + manifests)",
-                       time.perf_counter() - t)
-
-    def timed_commit(self, *a, **kw):
-        t = time.perf_counter()
-        try:
-            return original_commit(self, *a, **kw)
-        finally:
-            timers.add("iceberg: commit_transaction (manifest list + REST commit)", time.perf_counter() - t)
-
-    def timed_determine(*a, **kw):
-        # a generator consumed lazily by the writer: time each step of it
-        it = iter(original_determine(*a, **kw))
-        while True:
-            t = time.perf_counter()
-            try:
-                item = next(it)
-            except StopIteration:
-                timers.add("iceberg: _determine_partitions (split by day)", time.perf_counter() - t)
-                return
-            timers.add("iceberg: _determine_partitions (split by day)", time.perf_counter() - t)
-            yield item
-
-    def measure_side(rows: pa.Table) -> None:
-        """Outside the timed flow: what Parquet encoding alone costs on these rows (no upload)."""
-        import io
-
-        t = time.perf_counter()
-        parts = list(original_determine(ingest_table.spec(), ingest_table.schema(), rows))
-        partition_s = time.perf_counter() - t
-        t = time.perf_counter()
-        encoded = 0
-        for part in parts:
-            sink = io.BytesIO()
-            pq.write_table(part.arrow_table_partition, sink, compression="zstd")
-            encoded += sink.tell()
-        encode_s = time.perf_counter() - t
-        side.append({"rows": rows.num_rows, "arrow_nbytes": rows.nbytes, "day_partitions": len(parts),
-                     "determine_partitions_s": round(partition_s, 3),
-                     "parquet_zstd_encode_s (serial, in memory)": round(encode_s, 3),
-                     "parquet_bytes": encoded})
-
-    original_append_with_offsets = ingest.append_with_offsets
-
-    def timed_append_with_offsets(table, rows, *a, **kw):
-        t = time.perf_counter()
-        try:
-            return original_append_with_offsets(table, rows, *a, **kw)
-        finally:
-            timers.add("commit_batch: append_with_offsets", time.perf_counter() - t)
-            if side_measurements and not side:
-                measure_side(rows)
-
-    from tasks.catalog import open_catalog
-    from tasks.tables import BRONZE_CONVERSION_EVENTS_RAW, ensure_table
-    ingest_table = ensure_table(open_catalog(settings), settings, BRONZE_CONVERSION_EVENTS_RAW)
-
-    class TaskProxy:
-        """Times a task call as the flow sees it (Prefect's task-run bookkeeping included)."""
-
-        def __init__(self, task):
-            self.task = task
-
-        def __call__(self, *a, **kw):
-            t = time.perf_counter()
-            try:
-                return self.task(*a, **kw)
-            finally:
-                timers.add(f"task {self.task.name} (as called)", time.perf_counter() - t)
-
-    patches = {
-        "map_on_ray": timed_map_on_ray,
-        "use_ray": timers.wrap("use_ray (ray.init + daft runner)", ingest.use_ray),
-        "watermarks": timers.wrap("plan_batch: kafka watermarks", ingest.watermarks),
-        "open_catalog": timers.wrap("open_catalog", ingest.open_catalog),
-        "ensure_table": timers.wrap("ensure_table (load_table)", ingest.ensure_table),
-        "latest_offsets": timers.wrap("plan_batch: latest_offsets", ingest.latest_offsets),
-        "concat_batches": timers.wrap("commit_batch: concat_batches", ingest.concat_batches),
-        "append_with_offsets": timed_append_with_offsets,
-        "commit_group_offsets": timers.wrap("commit_consumer_group: kafka commit", ingest.commit_group_offsets),
-        **{name: TaskProxy(getattr(ingest, name)) for name in PHASES},
-    }
-    saved = {name: getattr(ingest, name) for name in patches}
-    for name, value in patches.items():
-        setattr(ingest, name, value)
-    Transaction.append = timed_append
-    Transaction.commit_transaction = timed_commit
-    pyiceberg_pyarrow._determine_partitions = timed_determine
-
-    profiler = None
-    if use_cprofile:
-        import cProfile
-
-        profiler = cProfile.Profile()
-    reports = []
-    started = time.time()
-    try:
-        while True:
-            timers.current = {}
-            t = time.perf_counter()
-            if profiler:
-                profiler.enable()
-            try:
-                report = ingest.ingest_flow(settings=settings)
-            finally:
-                if profiler:
-                    profiler.disable()
-            timers.add("ingest_flow() call, end to end", time.perf_counter() - t)
-            timers.current["report.seconds"] = report["seconds"]
-            timers.current["records"] = report["records"]
-            timers.batches.append(timers.current)
-            reports.append(report)
-            if report["lag_left"] == 0 or report["records"] == 0:
-                break
-    finally:
-        for name, value in saved.items():
-            setattr(ingest, name, value)
-        Transaction.append = original_append
-        Transaction.commit_transaction = original_commit
-        pyiceberg_pyarrow._determine_partitions = original_determine
-    ended = time.time()
-
-    records = sum(r["records"] for r in reports)
-    totals: dict[str, float] = {}
-    for batch in timers.batches:
-        for name, seconds in batch.items():
-            if name != "records":
-                totals[name] = round(totals.get(name, 0.0) + seconds, 3)
-    top = None
-    if profiler:
-        import io
-        import pstats
-
-        stream = io.StringIO()
-        pstats.Stats(profiler, stream=stream).sort_stats("cumulative").print_stats(40)
-        top = stream.getvalue()
-    return {
-        "records": records,
-        "batches": len(reports),
-        "wall_s": round(ended - started, 3),
-        "events_per_s": round(records / (ended - started)),
-        "phase_totals_s": totals,
-        "per_batch": timers.batches,
-        "reader_spans": [[{k: (round(v, 3) if isinstance(v, float) and k.endswith("_s") else v)
-                           for k, v in s.items()} for s in spans] for spans in worker_spans],
-        "side_measurements (first batch, outside the flow)": side,
-        "cprofile_driver_main_thread": top,
-    }
-
-
 def _print_phases(title: str, phases: dict, total: float | None = None) -> None:
     print(f"  {title}")
     for name, seconds in phases.items():
@@ -588,13 +317,42 @@ def _print_phases(title: str, phases: dict, total: float | None = None) -> None:
         print(f"    {name:<72} {seconds:8.3f} s{share}")
 
 
+def retire_writers(settings: Settings) -> int:
+    """Stop the warm ingest writer actors, so the next ingest starts them cold; returns how many."""
+    from tasks.bronze_writers import NAME_PREFIX, NAMESPACE
+    from tasks.compute import ray_client_env
+
+    os.environ.update(ray_client_env(settings))  # before Ray is imported: it reads them once
+    import ray
+
+    ray.init(address="auto", log_to_driver=False, ignore_reinit_error=True)
+    try:
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["namespace"] == NAMESPACE and a["name"].startswith(NAME_PREFIX)]
+        for name in names:
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+        return len(names)
+    finally:
+        ray.shutdown()
+
+
+def measure_cli(settings: Settings, label: str) -> dict:
+    cli = summarize_cli(settings, run_cli_ingest(settings))
+    print(f"  {label}: {cli['events_per_s']:>10,} events/s launch -> last commit ({cli['records']:,} records in "
+          f"{cli['launch_to_last_commit_s']} s, {cli['batches']} batches {cli['records_per_batch']})", flush=True)
+    print(f"  {label}: {cli['events_per_s_in_flows']:>10,} events/s inside the flows ("
+          f"{cli['first_flow_begin_to_last_commit_s']} s from the first flow's start to the last commit); launch -> first flow begins {cli['launch_to_first_flow_begin_s']} s",
+          flush=True)
+    _print_phases("  phases of the last flow run's last batch, from the Prefect log:", cli["phases_total_s"],
+                  cli["launch_to_last_commit_s"])
+    for n, (seconds, writers) in enumerate(zip(cli["seconds_per_batch"], cli["writers_per_batch"])):
+        print(f"    batch {n}: {seconds} s; {writers}", flush=True)
+    return cli
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--profile", action="store_true",
-                        help="also drain a second copy of the backlog in-process with every phase timed")
-    parser.add_argument("--cprofile", action="store_true", help="with --profile: cProfile the driver's main thread")
-    parser.add_argument("--no-side", action="store_true", help="with --profile: skip the Parquet-encode side measurement")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark topics afterwards")
     args = parser.parse_args()
 
@@ -605,68 +363,42 @@ def main() -> None:
                     "events": args.events, "targets": {"ratio_to_bare_loop": TARGET_RATIO,
                                                        "events_per_s": TARGET_RATE}}
     try:
-        s = new_topic(settings, "ingest-rate")
-        topics.append(s.kafka_topic)
-        print(f"producing {args.events:,} events to {s.kafka_topic} ({PARTITIONS} partitions) ...", flush=True)
-        result["topic"] = s.kafka_topic
-        result["produce"] = produce_backlog(s, args.events)
-        print(f"  produced in {result['produce']['seconds']} s ({result['produce']['events_per_s']:,} events/s); "
-              f"per partition {result['produce']['per_partition']}", flush=True)
+        cold, warm = new_topic(settings, "ingest-cold"), new_topic(settings, "ingest-warm")
+        topics += [cold.kafka_topic, warm.kafka_topic]
+        for s in (cold, warm):
+            print(f"producing {args.events:,} events to {s.kafka_topic} ({PARTITIONS} partitions) ...", flush=True)
+            produced = produce_backlog(s, args.events)
+            print(f"  produced in {produced['seconds']} s ({produced['events_per_s']:,} events/s); "
+                  f"per partition {produced['per_partition']}", flush=True)
+        result["topics"] = topics
+        result["produce"] = produced
 
         print("(a) bare confluent-kafka consume loop ...", flush=True)
-        bare_before = bare_consume(s, s.kafka_topic)
+        bare_before = bare_consume(warm, warm.kafka_topic)
         print(f"  {bare_before['events_per_s']:>10,} events/s  {bare_before['mb_per_s']} MB/s  "
               f"({bare_before['events']:,} in {bare_before['seconds']} s)", flush=True)
 
-        print("(b) lakehouse run ingest --until-caught-up (subprocess) ...", flush=True)
-        cli = summarize_cli(s, run_cli_ingest(s))
-        print(f"  {cli['events_per_s']:>10,} events/s launch -> last commit  ({cli['records']:,} records in "
-              f"{cli['launch_to_last_commit_s']} s, {cli['batches']} batches {cli['records_per_batch']})", flush=True)
-        print(f"  {cli['events_per_s_in_flows']:>10,} events/s inside the flows (sum of report seconds "
-              f"{cli['sum_report_seconds']} s); launch -> first flow begins {cli['launch_to_first_flow_begin_s']} s",
+        retired = retire_writers(settings)
+        print(f"(b) lakehouse run ingest --until-caught-up, cold: {retired} writer actors retired first ...",
               flush=True)
-        _print_phases("phases from the Prefect log (all batches):", cli["phases_total_s"],
-                      cli["launch_to_last_commit_s"])
+        result["ingest_cli_cold_writers"] = measure_cli(cold, "cold")
+        print("(c) the same on the second topic, the writer actors warm (every scheduled run after the first) ...",
+              flush=True)
+        result["ingest_cli"] = measure_cli(warm, "warm")
 
-        print("(a) bare loop again, after (b) ...", flush=True)
-        bare_after = bare_consume(s, s.kafka_topic)
+        print("(a) bare loop again, after (b) and (c) ...", flush=True)
+        bare_after = bare_consume(warm, warm.kafka_topic)
         print(f"  {bare_after['events_per_s']:>10,} events/s  ({bare_after['seconds']} s)", flush=True)
-
-        if args.profile:
-            print("(c) read_partition in this process, no Ray (sequential, then one thread per partition) ...",
-                  flush=True)
-            result["readers_without_ray"] = []
-            for threaded in (False, True):
-                item = readers_without_ray(s, s.kafka_topic, threaded)
-                result["readers_without_ray"].append(item)
-                print(f"  {item['events_per_s']:>10,} events/s  {item['mode']} ({item['seconds']} s; "
-                      f"records_to_arrow per partition {item['records_to_arrow_s_per_partition']} s)", flush=True)
 
         bare_rate = (bare_before["events_per_s"] + bare_after["events_per_s"]) / 2
         result["bare_consume"] = {"before": bare_before, "after": bare_after, "mean_events_per_s": round(bare_rate)}
-        result["ingest_cli"] = cli
-        result["ratio_to_bare_loop"] = round(cli["events_per_s"] / bare_rate, 3)
-        result["ratio_to_bare_loop_in_flows"] = round(cli["events_per_s_in_flows"] / bare_rate, 3)
-        print(f"ratio ingest / bare loop: {result['ratio_to_bare_loop']:.1%} launch->last commit, "
-              f"{result['ratio_to_bare_loop_in_flows']:.1%} inside the flows (target >= {TARGET_RATIO:.0%}); "
-              f"absolute {cli['events_per_s']:,} events/s (target >= {TARGET_RATE:,})", flush=True)
-
-        if args.profile:
-            p = new_topic(settings, "ingest-profile")
-            topics.append(p.kafka_topic)
-            print(f"--profile: producing {args.events:,} events to {p.kafka_topic} ...", flush=True)
-            produce_backlog(p, args.events)
-            print("  draining it with ingest_flow in-process, instrumented ...", flush=True)
-            prof = profile_in_process(p, args.cprofile, not args.no_side)
-            result["profile_in_process"] = prof
-            print(f"  {prof['events_per_s']:>10,} events/s in-process ({prof['records']:,} records in "
-                  f"{prof['wall_s']} s, {prof['batches']} batches)")
-            _print_phases("phase totals (nested: task times include their parts):", prof["phase_totals_s"],
-                          prof["wall_s"])
-            for item in prof["side_measurements (first batch, outside the flow)"]:
-                print(f"  side measurement: {item}")
-            if prof["cprofile_driver_main_thread"]:
-                print(prof["cprofile_driver_main_thread"][:6000])
+        for key, cli in (("warm", result["ingest_cli"]), ("cold", result["ingest_cli_cold_writers"])):
+            result[f"ratio_to_bare_loop_{key}"] = round(cli["events_per_s"] / bare_rate, 3)
+            result[f"ratio_to_bare_loop_in_flows_{key}"] = round(cli["events_per_s_in_flows"] / bare_rate, 3)
+            print(f"{key}: ingest / bare loop {result[f'ratio_to_bare_loop_{key}']:.1%} launch -> last commit, "
+                  f"{result[f'ratio_to_bare_loop_in_flows_{key}']:.1%} inside the flows (target >= {TARGET_RATIO:.0%});"
+                  f" {cli['events_per_s']:,} events/s launch -> last commit, {cli['events_per_s_in_flows']:,} "
+                  f"inside the flows (target >= {TARGET_RATE:,})", flush=True)
     finally:
         if not args.keep:
             for topic in topics:

@@ -58,6 +58,9 @@ class BatchReport:
     offsets_to: dict[int, int] = field(default_factory=dict)
     lag_left: int = 0
     lost_to_retention: int = 0
+    files: int = 0
+    read_seconds: dict[int, float] = field(default_factory=dict)  # partition -> Kafka to Arrow
+    write_seconds: dict[int, float] = field(default_factory=dict)  # partition -> Arrow to Parquet files
     seconds: float = 0.0
     snapshot_id: Optional[int] = None
 
@@ -185,6 +188,9 @@ def _ingest_batch(settings: Settings, limits: BatchLimits, crash_at: str | None,
     report.offsets_from = {b.partition: b.start for b in batches}
     report.offsets_to = {b.partition: b.next_offset for b in batches}
     report.lag_left = sum(ends[b.partition] - b.next_offset for b in batches)
+    report.files = sum(len(b.data_files) for b in batches)
+    report.read_seconds = {b.partition: b.read_seconds for b in batches}
+    report.write_seconds = {b.partition: b.write_seconds for b in batches}
     report.seconds = round(time.monotonic() - began, 3)
     report.snapshot_id = commit_batch(settings, plan, batches, report, crash_at)
     commit_consumer_group(settings, report)
@@ -192,8 +198,9 @@ def _ingest_batch(settings: Settings, limits: BatchLimits, crash_at: str | None,
                          rows_written=report.records)
     report.seconds = round(time.monotonic() - began, 3)
     logger.info(
-        "bronze batch: %d records, %d bytes, %d partitions, offsets %s -> %s, lag left %d, %.2fs, snapshot %s",
+        "bronze batch: %d records, %d bytes, %d partitions, offsets %s -> %s, lag left %d, %.2fs, snapshot %s "
+        "(%d files; per partition read %s s, write %s s)",
         report.records, report.bytes, report.partitions, report.offsets_from, report.offsets_to,
-        report.lag_left, report.seconds, report.snapshot_id,
+        report.lag_left, report.seconds, report.snapshot_id, report.files, report.read_seconds, report.write_seconds,
     )
     return report.as_dict()

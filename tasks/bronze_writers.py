@@ -16,7 +16,6 @@ files of a batch that never commits are orphans, which maintenance removes.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 import uuid
@@ -46,6 +45,8 @@ class WrittenRange:
     records: int
     bytes: int
     data_files: list["DataFile"]
+    read_seconds: float = 0.0  # Kafka to Arrow
+    write_seconds: float = 0.0  # Arrow to Parquet files in the table's location
 
 
 def write_partition_range(
@@ -60,7 +61,9 @@ def write_partition_range(
     from pyiceberg.io import load_file_io
     from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
 
+    began = time.perf_counter()
     batch = read_partition(wanted, bootstrap, ingested_at, run_id)
+    read = time.perf_counter()
     files: list = []
     if batch.records:
         _check_pyarrow_schema_compatible(
@@ -70,30 +73,38 @@ def write_partition_range(
         # a write uuid per range: file names stay unique across the actors of one batch
         files = list(_dataframe_to_data_files(table_metadata, batch.table, io, write_uuid=uuid.uuid4()))
     return WrittenRange(batch.topic, batch.partition, batch.start, batch.next_offset, batch.records, batch.bytes,
-                        files)
+                        files, round(read - began, 3), round(time.perf_counter() - read, 3))
 
 
 class BronzeWriter:
-    """A Ray actor that runs ``write_partition_range`` and exits after ``idle_seconds`` unused."""
+    """A Ray actor that runs ``write_partition_range`` and retires after ``idle_seconds`` unused."""
 
     def __init__(self, idle_seconds: float):
+        self._idle_seconds = idle_seconds
         self._last_used = time.monotonic()
-        self._busy = False
-        threading.Thread(target=self._exit_when_idle, args=(idle_seconds,), daemon=True).start()
+        threading.Thread(target=self._watch_idle, daemon=True).start()
 
     def write(self, *args) -> WrittenRange:
-        self._busy = True
         try:
             return write_partition_range(*args)
         finally:
-            self._busy = False
             self._last_used = time.monotonic()
 
-    def _exit_when_idle(self, idle_seconds: float) -> None:
+    def retire_if_idle(self) -> None:
+        """Runs between calls (one at a time per actor), so it never cuts a write short."""
+        import ray
+
+        if time.monotonic() - self._last_used >= self._idle_seconds:
+            ray.actor.exit_actor()  # an intended exit: Ray frees the name for the next run's actor
+
+    def _watch_idle(self) -> None:
+        import ray
+
+        me = ray.get_runtime_context().current_actor
         while True:
-            time.sleep(min(30.0, idle_seconds))
-            if not self._busy and time.monotonic() - self._last_used >= idle_seconds:
-                os._exit(0)  # Ray frees the name; the next run starts a fresh actor
+            time.sleep(min(30.0, self._idle_seconds))
+            if time.monotonic() - self._last_used >= self._idle_seconds:
+                me.retire_if_idle.remote()
 
 
 def code_version() -> str:

@@ -84,8 +84,8 @@ class Settings(BaseSettings):
     kafka_consumer_group: str = Field("lakehouse-bronze-ingest", description="group whose offsets are committed after each bronze commit, for lag monitoring only")
 
     # Ingest micro-batches: a batch ends at whichever limit comes first
-    ingest_max_records: int = Field(500_000, ge=1, description="records per micro-batch")
-    ingest_max_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="key+value bytes per micro-batch")
+    ingest_max_records: int = Field(1_000_000, ge=1, description="records per micro-batch, shared by the partitions in proportion to their lag")
+    ingest_max_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="key+value bytes per micro-batch")
     ingest_max_seconds: float = Field(30.0, gt=0, description="seconds a micro-batch may spend reading")
     ingest_writers: int = Field(3, ge=1, le=256, description="warm Ray actors that read Kafka partitions and write bronze files in parallel")
     ingest_writer_idle_seconds: float = Field(900.0, ge=10, description="an ingest writer actor unused this long exits and frees its memory")

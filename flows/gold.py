@@ -4,6 +4,10 @@ The touched set comes from the data files silver appended since gold's watermark
 occurred_day partitions, and the user_ids inside those files), never from a full scan. Each gold
 table is then replaced for exactly those keys in one atomic overwrite, recording the silver
 snapshot it was built from. ``full=True`` rebuilds every key.
+
+The daily tables (and gold.user_daily_activity) read the facts of the touched days only. The user
+summary of the touched users is aggregated from gold.user_daily_activity, never from their facts:
+a late day touches most users, and their facts span every day.
 """
 
 from __future__ import annotations
@@ -11,19 +15,30 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from typing import Optional
 
 import daft
+import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pyiceberg.expressions import AlwaysTrue, In
 
 from tasks.catalog import io_config, open_catalog
-from tasks.commits import REPORT_KEY, RUN_ID_KEY, commit_rows, conform, upstream_key, upstream_snapshot
+from tasks.commits import (
+    REPORT_KEY,
+    RUN_ID_KEY,
+    StaleCommitError,
+    commit_rows,
+    conform,
+    upstream_key,
+    upstream_snapshot,
+)
 from tasks.compute import use_ray
-from tasks.scans import pending_range, plan_increment, read_days, read_users
+from tasks.scans import distinct_added, pending_range, plan_increment, read_days, read_users
 from tasks.settings import Settings, load_settings
 from tasks.tables import (
     GOLD_DAILY_CONVERSION_METRICS,
@@ -32,6 +47,7 @@ from tasks.tables import (
     GOLD_HOURLY_API_USAGE,
     GOLD_TABLES,
     GOLD_USER_ACTIVITY_SUMMARY,
+    GOLD_USER_DAILY_ACTIVITY,
     SILVER_DIM_USERS,
     SILVER_FACT_CONVERSIONS,
     TableSpec,
@@ -42,8 +58,10 @@ from tasks.transforms import gold
 
 UPSTREAM = SILVER_FACT_CONVERSIONS.identifier
 EPOCH = date(1970, 1, 1)
-FACT_COLUMNS = ["event_id", "event_date", "occurred_at", "user_id", "user_plan", "success", "direction",
+FACT_COLUMNS = ["event_date", "occurred_at", "user_id", "user_plan", "success", "direction",
                 "latency_ms", "endpoint", "http_status"]
+DAILY_ACTIVITY_COLUMNS = [f.name for f in GOLD_USER_DAILY_ACTIVITY.schema.fields]
+DIM_USERS_COLUMNS = ["user_id", "user_plan", "user_country", "is_current"]
 
 
 @dataclass(frozen=True)
@@ -91,20 +109,24 @@ def plan_gold(settings: Settings, run_id: str, full: bool) -> GoldPlan:
     increment = plan_increment(facts, after, upto)
     # silver facts are partitioned by day(occurred_at): the added files name the touched days
     days = {EPOCH + timedelta(days=p[0]) for p in increment.partitions if p and p[0] is not None}
-    users: list[str] = []
-    if increment.files:
-        added = daft.read_parquet(list(increment.files), io_config=io_config(settings))
-        users = [u for u in added.select("user_id").distinct().to_pydict()["user_id"] if u is not None]
-    return GoldPlan(run_id, upto, watermarks, tuple(sorted(days)), tuple(sorted(users)))
+    users = distinct_added(facts, increment, "user_id")
+    return GoldPlan(run_id, upto, watermarks, tuple(sorted(days)), tuple(users))
 
 
-def _replace(settings: Settings, spec: TableSpec, plan: GoldPlan, frame, delete_filter, report: dict) -> int | None:
-    """Replace the keys of one gold table atomically, unless it is already built this far."""
+def _built(spec: TableSpec, plan: GoldPlan) -> bool:
+    """Already built up to the plan's silver snapshot (a rerun after a crash between tables)."""
+    return plan.watermarks[spec.identifier] == plan.upto and not plan.full
+
+
+def _replace(settings: Settings, spec: TableSpec, plan: GoldPlan, rows: pa.Table | None, delete_filter,
+             report: dict, catalog=None) -> int | None:
+    """Replace the keys of one gold table with ``rows`` (computed) atomically, unless it is already
+    built this far. No rows: delete the keys and commit the bookkeeping."""
     expected = plan.watermarks[spec.identifier]
-    if expected == plan.upto and not plan.full:
+    if _built(spec, plan):
         return None
-    table = ensure_table(open_catalog(settings), settings, spec)
-    rows = frame.to_arrow() if frame is not None else table.schema().as_arrow().empty_table()
+    table = ensure_table(catalog or open_catalog(settings), settings, spec)
+    rows = rows if rows is not None else table.schema().as_arrow().empty_table()
     summary = {upstream_key(UPSTREAM): str(plan.upto), RUN_ID_KEY: plan.run_id,
                REPORT_KEY: json.dumps({**report, "rows": rows.num_rows}, default=str)}
     with table_lock(spec.identifier):
@@ -118,7 +140,8 @@ def _replace(settings: Settings, spec: TableSpec, plan: GoldPlan, frame, delete_
 
 @task(cache_policy=NO_CACHE)
 def build_daily_tables(settings: Settings, plan: GoldPlan) -> dict[str, int]:
-    """Daily conversion, daily plan and hourly usage for the touched days; returns snapshot ids."""
+    """Daily conversion, daily plan, hourly usage and per-user daily activity for the touched days;
+    returns snapshot ids."""
     catalog = open_catalog(settings)
     facts_table = catalog.load_table(UPSTREAM)
     users_table = ensure_table(catalog, settings, SILVER_DIM_USERS)
@@ -133,40 +156,58 @@ def build_daily_tables(settings: Settings, plan: GoldPlan) -> dict[str, int]:
         where = In("event_date", days) if days else None
     dim = daft.read_iceberg(users_table, io_config=io_config(settings)) if users_table.current_snapshot() else None
     report = {"days": len(days)}
-    out = {}
     tables = (
         (GOLD_DAILY_CONVERSION_METRICS, lambda f: gold.daily_conversion_metrics(f)),
         (GOLD_DAILY_PLAN_METRICS, lambda f: gold.daily_plan_metrics(f, dim) if dim is not None else None),
         (GOLD_HOURLY_API_USAGE, lambda f: gold.hourly_api_usage(f)),
+        (GOLD_USER_DAILY_ACTIVITY, lambda f: gold.user_daily_activity(f)),
     )
-    for spec, build in tables:
-        frame = build(facts) if facts is not None else None
-        snapshot = _replace(settings, spec, plan, frame, where, report)
-        if snapshot is not None:
-            out[spec.identifier] = snapshot
-    return out
+    # Each table commits in a thread while Daft computes the next one: a commit is mostly waiting
+    # (lock, files, catalog), which would otherwise add up to a large share of a one-day build.
+    commits = {}
+    with ThreadPoolExecutor(max_workers=len(tables), thread_name_prefix="gold-commit") as pool:
+        for spec, build in tables:
+            if _built(spec, plan):
+                continue
+            frame = build(facts) if facts is not None else None
+            rows = frame.to_arrow() if frame is not None else None
+            commits[spec.identifier] = pool.submit(copy_context().run, _replace, settings, spec, plan, rows, where,
+                                                   report, catalog)
+    return {name: commit.result() for name, commit in commits.items()}
 
 
 @task(cache_policy=NO_CACHE)
 def build_user_summary(settings: Settings, plan: GoldPlan) -> dict[str, int]:
+    """The touched users' summary (every user's with ``full``), aggregated from
+    gold.user_daily_activity as build_daily_tables left it: at most one row per user and day."""
+    if _built(GOLD_USER_ACTIVITY_SUMMARY, plan):
+        return {}
     catalog = open_catalog(settings)
-    facts_table = catalog.load_table(UPSTREAM)
+    daily_table = catalog.load_table(GOLD_USER_DAILY_ACTIVITY.identifier)
+    if upstream_snapshot(daily_table, UPSTREAM) != plan.upto:
+        raise StaleCommitError(f"{GOLD_USER_DAILY_ACTIVITY.identifier} is not at silver snapshot {plan.upto}: "
+                               "another run moved it; nothing committed")
     users_table = ensure_table(catalog, settings, SILVER_DIM_USERS)
+    users = list(plan.users)
     if plan.full:
-        facts = daft.read_iceberg(facts_table, io_config=io_config(settings)).select(*FACT_COLUMNS)
-        where = AlwaysTrue()
-    else:
-        facts = read_users(facts_table, list(plan.users), FACT_COLUMNS, io_config(settings))
-        where = In("user_id", list(plan.users)) if plan.users else None
-    dim = daft.read_iceberg(users_table, io_config=io_config(settings)) if users_table.current_snapshot() else None
-    frame = gold.user_activity_summary(facts, dim) if facts is not None and dim is not None else None
-    snapshot = _replace(settings, GOLD_USER_ACTIVITY_SUMMARY, plan, frame, where, {"users": len(plan.users)})
+        daily = daft.read_iceberg(daily_table, io_config=io_config(settings)) if daily_table.current_snapshot() else None
+        dim = daft.read_iceberg(users_table, io_config=io_config(settings)) if users_table.current_snapshot() else None
+    else:  # the touched users' rows only: days x users, however many facts they had
+        daily = read_users(daily_table, users, DAILY_ACTIVITY_COLUMNS, io_config(settings))
+        dim = read_users(users_table, users, DIM_USERS_COLUMNS, io_config(settings))
+    frame = gold.user_summary_from_daily(daily, dim) if daily is not None and dim is not None else None
+    rows = frame.to_arrow() if frame is not None else None
+    where = AlwaysTrue() if plan.full else In("user_id", users) if users else None
+    snapshot = _replace(settings, GOLD_USER_ACTIVITY_SUMMARY, plan, rows, where,
+                        {"users": "all" if plan.full else len(users)}, catalog)
     return {GOLD_USER_ACTIVITY_SUMMARY.identifier: snapshot} if snapshot is not None else {}
 
 
 @task(cache_policy=NO_CACHE)
 def build_dim_date(settings: Settings, plan: GoldPlan) -> dict[str, int]:
     """Calendar rows from the first to the last day with data; tiny, so always rewritten whole."""
+    if _built(GOLD_DIM_DATE, plan):
+        return {}
     catalog = open_catalog(settings)
     facts_table = catalog.load_table(UPSTREAM)
     table = ensure_table(catalog, settings, GOLD_DIM_DATE)
@@ -181,8 +222,8 @@ def build_dim_date(settings: Settings, plan: GoldPlan) -> dict[str, int]:
             day = task_.file.partition[0]
             if day is not None:
                 days.add(EPOCH + timedelta(days=day))
-    frame = gold.dim_date(min(days), max(days)) if days else None
-    snapshot = _replace(settings, GOLD_DIM_DATE, plan, frame, AlwaysTrue(), {"days": len(days)})
+    rows = gold.dim_date(min(days), max(days)).to_arrow() if days else None
+    snapshot = _replace(settings, GOLD_DIM_DATE, plan, rows, AlwaysTrue(), {"days": len(days)}, catalog)
     return {GOLD_DIM_DATE.identifier: snapshot} if snapshot is not None else {}
 
 
@@ -220,9 +261,10 @@ def gold_flow(full: bool = False, silver_snapshot_id: Optional[int] = None, sett
         logger.info("gold is up to date with silver; nothing committed")
         return report.as_dict()
     report.silver_to, report.days, report.users = plan.upto, len(plan.days), len(plan.users)
-    report.committed.update(build_dim_date(settings, plan))
+    calendar = build_dim_date.submit(settings, plan)  # tiny and independent: beside the daily tables
     report.committed.update(build_daily_tables(settings, plan))
-    report.committed.update(build_user_summary(settings, plan))
+    report.committed.update(build_user_summary(settings, plan))  # reads what the daily tables committed
+    report.committed.update(calendar.result())
     publish_counts("build-gold", {"days rebuilt": report.days, "users rebuilt": report.users,
                                   "tables committed": len(report.committed), "full": full,
                                   "seconds": round(time.monotonic() - began, 3)},

@@ -180,6 +180,11 @@ _PLAN_METRICS = _columns(
     ("event_date", DateType()), ("user_plan", StringType()), ("requests", LongType()), ("successes", LongType()),
     ("unique_users", LongType()),
 )
+_USER_DAILY = _columns(
+    ("user_id", StringType()), ("event_date", DateType()), ("first_seen_at", TimestamptzType()),
+    ("last_seen_at", TimestamptzType()), ("requests", LongType()), ("successes", LongType()), ("failures", LongType()),
+    ("to_roman_requests", LongType()), ("from_roman_requests", LongType()),
+)
 _HOURLY = _columns(
     ("event_hour", TimestamptzType()), ("endpoint", StringType()), ("http_status", IntegerType()),
     ("requests", LongType()), ("avg_latency_ms", DoubleType()), ("p95_latency_ms", DoubleType()),
@@ -203,6 +208,12 @@ GOLD_DAILY_PLAN_METRICS = TableSpec(
     identifier="gold.daily_plan_metrics", schema=_PLAN_METRICS,
     partition_spec=_identity(_PLAN_METRICS, "event_date"), properties=_EXACTLY_ONCE,
 )
+# (user_id, event_date) partial aggregates of the user summary: rebuilt per touched day like the
+# daily tables, so the summary of touched users never rescans their facts.
+GOLD_USER_DAILY_ACTIVITY = TableSpec(
+    identifier="gold.user_daily_activity", schema=_USER_DAILY,
+    partition_spec=_identity(_USER_DAILY, "event_date"), properties=_EXACTLY_ONCE,
+)
 GOLD_USER_ACTIVITY_SUMMARY = TableSpec(
     identifier="gold.user_activity_summary",
     schema=_columns(
@@ -218,8 +229,8 @@ GOLD_HOURLY_API_USAGE = TableSpec(
     partition_spec=_identity(_HOURLY, "event_date"), properties=_EXACTLY_ONCE,
 )
 GOLD_TABLES = (
-    GOLD_DIM_DATE, GOLD_DAILY_CONVERSION_METRICS, GOLD_DAILY_PLAN_METRICS, GOLD_USER_ACTIVITY_SUMMARY,
-    GOLD_HOURLY_API_USAGE,
+    GOLD_DIM_DATE, GOLD_DAILY_CONVERSION_METRICS, GOLD_DAILY_PLAN_METRICS, GOLD_USER_DAILY_ACTIVITY,
+    GOLD_USER_ACTIVITY_SUMMARY, GOLD_HOURLY_API_USAGE,
 )
 
 ALL_TABLES: tuple[TableSpec, ...] = (

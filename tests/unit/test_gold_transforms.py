@@ -52,6 +52,18 @@ def test_nearest_rank_percentiles():
     assert gold.nearest_rank([7.0], 99) == 7.0
 
 
+def test_vectorized_nearest_ranks_match_the_definition():
+    import pyarrow as pa
+
+    lists = pa.array([[15.0, None, 50.0, 20.0, 40.0, 35.0], None, [], [None], [7.0]], pa.large_list(pa.float64()))
+    p30, p50, p100 = gold.nearest_ranks(lists, (30, 50, 100))
+    # first list without its null: 15 20 35 40 50 -> ranks ceil(1.5)=2, ceil(2.5)=3, 5
+    assert p30.to_pylist() == [20.0, None, None, None, 7.0]
+    assert p50.to_pylist() == [35.0, None, None, None, 7.0]
+    assert p100.to_pylist() == [50.0, None, None, None, 7.0]
+    assert gold.nearest_ranks(lists.slice(4), (50,))[0].to_pylist() == [7.0]
+
+
 def test_daily_conversion_metrics(facts):
     rows = by(gold.daily_conversion_metrics(facts).to_pylist(), "event_date", "direction")
     day = rows[(D1, "to_roman")]
@@ -85,6 +97,25 @@ def test_user_activity_summary(facts, users):
     assert (u1["to_roman_requests"], u1["from_roman_requests"], u1["current_plan"], u1["current_country"]) == (2, 0, "pro", "DE")
     assert (u2["requests"], u2["active_days"], u2["from_roman_requests"], u2["current_plan"]) == (2, 2, 1, "pro")
     assert len(rows) == 2  # anonymous calls have no summary
+
+
+def test_user_daily_activity(facts):
+    rows = by(gold.user_daily_activity(facts).to_pylist(), "user_id", "event_date")
+    # u1 on D1: a (10:00, ok) and c (12:00, ok); u2 on D1: e (10:10); u2 on D2: d (from_roman)
+    assert set(rows) == {("u1", D1), ("u2", D1), ("u2", D2)}
+    u1 = rows[("u1", D1)]
+    assert (u1["first_seen_at"], u1["last_seen_at"]) == (T, T + timedelta(hours=2))
+    assert (u1["requests"], u1["successes"], u1["failures"], u1["to_roman_requests"], u1["from_roman_requests"]) == (2, 2, 0, 2, 0)
+    assert (rows[("u2", D2)]["requests"], rows[("u2", D2)]["from_roman_requests"]) == (1, 1)
+
+
+def test_user_summary_from_daily_rows_equals_the_summary_from_facts(facts, users):
+    direct = gold.user_activity_summary(facts, users).sort("user_id").to_pylist()
+    via_daily = gold.user_summary_from_daily(gold.user_daily_activity(facts), users).sort("user_id").to_pylist()
+    assert via_daily == direct
+    # only u2's rows in the input: only u2's summary, still over both of u2's days
+    only_u2 = gold.user_summary_from_daily(gold.user_daily_activity(facts).where(daft.col("user_id") == "u2"), users)
+    assert [(r["user_id"], r["requests"], r["active_days"]) for r in only_u2.to_pylist()] == [("u2", 2, 2)]
 
 
 def test_hourly_api_usage(facts):

@@ -39,6 +39,8 @@ def _binding(layer: str, name: str) -> str:
 
 
 def existing_tables(catalog: Catalog) -> dict[str, Table]:
+    from pyiceberg.exceptions import NoSuchTableError
+
     out = {}
     for layer in LAYERS:
         try:
@@ -47,7 +49,10 @@ def existing_tables(catalog: Catalog) -> dict[str, Table]:
             continue
         for ident in idents:
             name = ".".join(ident)
-            out[name] = catalog.load_table(name)
+            try:
+                out[name] = catalog.load_table(name)
+            except NoSuchTableError:  # dropped between listing and loading
+                continue
     return out
 
 

@@ -67,8 +67,7 @@ def valid(checked: DataFrame) -> DataFrame:
     return (
         checked.where(col("reason_codes").list_count() == 0)
         .with_column("event_date", col("occurred_at").date())
-        .with_column("arrival_key", arrival_key())
-        .select(*FACT_COLUMNS, "arrival_key")
+        .select(*FACT_COLUMNS)
     )
 
 
@@ -84,27 +83,50 @@ def arrival_key(ts: str = "kafka_timestamp", partition: str = "source_partition"
 
 
 def first_arrivals(events: DataFrame) -> DataFrame:
-    """One row per event_id: the first arrival. A groupby + join: far cheaper than a window here."""
-    winners = events.groupby("event_id").agg(col("arrival_key").min().alias("winner_key"))
-    return (
-        events.join(winners, on="event_id")
+    """One row per event_id: the first arrival (lowest Kafka timestamp, then partition, then offset).
+
+    Only the few ids that arrive more than once need the arrival order, so only their copies are
+    keyed and compared; every other event passes through untouched.
+    """
+    copies = events.groupby("event_id").agg(col("event_id").count().alias("copies"))
+    repeated = copies.where(col("copies") > 1).select("event_id")
+    once = events.join(repeated, on="event_id", how="anti")
+    several = events.join(repeated, on="event_id", how="semi").with_column("arrival_key", arrival_key())
+    winners = several.groupby("event_id").agg(col("arrival_key").min().alias("winner_key"))
+    firsts = (
+        several.join(winners, on="event_id")
         .where(col("arrival_key") == col("winner_key"))
-        .exclude("winner_key")
+        .exclude("winner_key", "arrival_key")
     )
+    return once.concat(firsts)
 
 
 def against_history(batch: DataFrame, history: DataFrame) -> tuple[DataFrame, DataFrame]:
     """Split deduplicated batch events by what silver already holds.
 
-    ``history`` has event_id and arrival_key of silver rows that could match (same event days).
-    Returns (rows to insert, event_ids whose silver row an earlier arrival now replaces). Batch rows
-    that arrived after the stored one are duplicates and are dropped.
+    ``history`` has event_id, kafka_timestamp, source_partition and source_offset of silver rows
+    that could match (same event days). Returns (rows to insert, event_ids whose silver row an
+    earlier arrival now replaces). Batch rows that arrived after the stored one, or are the stored
+    one, are duplicates and are dropped. Only the ids in both are compared.
     """
-    known = history.select(col("event_id"), col("arrival_key").alias("stored_key"))
-    fresh = batch.join(known, on="event_id", how="anti")
-    earlier = batch.join(known, on="event_id", how="inner").where(col("arrival_key") < col("stored_key"))
-    replaced = earlier.select("event_id")
-    return fresh.concat(earlier.exclude("stored_key")), replaced
+    stored = history.select(
+        "event_id",
+        col("kafka_timestamp").alias("stored_timestamp"),
+        col("source_partition").alias("stored_partition"),
+        col("source_offset").alias("stored_offset"),
+    )
+    arrived = batch.select("event_id", "kafka_timestamp", "source_partition", "source_offset")
+    earlier = (col("kafka_timestamp") < col("stored_timestamp")) | (
+        (col("kafka_timestamp") == col("stored_timestamp"))
+        & (
+            (col("source_partition") < col("stored_partition"))
+            | ((col("source_partition") == col("stored_partition")) & (col("source_offset") < col("stored_offset")))
+        )
+    )
+    both = arrived.join(stored, on="event_id")
+    later = both.where(~earlier.fill_null(False)).select("event_id")  # a stored copy came first (or is this one)
+    replaced = both.select("event_id").distinct().join(later, on="event_id", how="anti")
+    return batch.join(later, on="event_id", how="anti"), replaced
 
 
 def facts(rows: DataFrame) -> DataFrame:
@@ -151,6 +173,41 @@ def user_versions(events: DataFrame) -> DataFrame:
         "valid_to",
         col("valid_to").is_null().alias("is_current"),
     )
+
+
+def disrupted_users(events: DataFrame, versions: DataFrame) -> DataFrame:
+    """The users (one ``user_id`` column) whose SCD2 versions ``events`` may change.
+
+    ``versions`` are the dimension's current rows of those users. An event strictly inside one of
+    its user's versions (after valid_from, before valid_to) with that version's plan and country
+    changes nothing: the runs, their starts and ends stay the same. Every other event (a different
+    plan or country, on a version boundary, before the first version, or of a user without versions)
+    may split, merge or start a version, so its user is rebuilt from all their facts. Only those
+    users are; in steady state that is the users whose plan or country just changed.
+    """
+    from daft.functions import monotonically_increasing_id
+
+    known = events.where(col("user_id").not_null()).select(
+        monotonically_increasing_id().alias("row"), "user_id", "occurred_at", "user_plan", "user_country"
+    )
+    spans = versions.select(
+        "user_id",
+        col("user_plan").alias("version_plan"),
+        col("user_country").alias("version_country"),
+        "valid_from",
+        "valid_to",
+    )
+    absorbed = (
+        known.join(spans, on="user_id")
+        .where(
+            (col("occurred_at") > col("valid_from"))
+            & (col("valid_to").is_null() | (col("occurred_at") < col("valid_to")))
+            & col("user_plan").eq_null_safe(col("version_plan"))
+            & col("user_country").eq_null_safe(col("version_country"))
+        )
+        .select("row")
+    )
+    return known.join(absorbed, on="row", how="anti").select("user_id").distinct()
 
 
 @daft.func.batch(return_dtype=DataType.int64())

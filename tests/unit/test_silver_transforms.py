@@ -246,11 +246,37 @@ def test_history_drops_later_duplicates_and_yields_to_earlier_arrivals():
         "kafka_timestamp": [KAFKA_TS - timedelta(days=2), KAFKA_TS + timedelta(days=2)],
         "source_partition": [0, 0],
         "source_offset": [0, 0],
-    }).with_column("arrival_key", silver.arrival_key())
+    })
     inserts, replaced = silver.against_history(batch, history)
     ids = sorted(r["event_id"][-2:] for r in inserts.to_pylist())
     assert ids == ["12", "13"]  # 11 is a later duplicate; 12 arrived before the stored copy
     assert [r["event_id"][-2:] for r in replaced.to_pylist()] == ["12"]
+
+
+def test_history_compares_timestamp_then_partition_then_offset():
+    ids = [f"6f1c2a7e-3b7d-4a53-9f1e-0c6a2d9b4e2{i}" for i in range(5)]
+    batch = silver.valid(silver.validate(bronze([raw(event_id=i) for i in ids], partitions=[1] * 5,
+                                                offsets=[10] * 5), LIMIT))
+    history = daft.from_pydict({
+        "event_id": ids,
+        "kafka_timestamp": [KAFKA_TS] * 4 + [KAFKA_TS - timedelta(microseconds=1)],
+        "source_partition": [2, 1, 1, 0, 1],
+        "source_offset": [0, 11, 10, 99, 10],
+    })
+    inserts, replaced = silver.against_history(batch, history)
+    # 0: lower partition wins; 1: same partition, lower offset; 2: the stored row itself (a rerun);
+    # 3: the stored row has the lower partition; 4: the stored row is a microsecond earlier
+    assert sorted(r["event_id"][-1] for r in inserts.to_pylist()) == ["0", "1"]
+    assert sorted(r["event_id"][-1] for r in replaced.to_pylist()) == ["0", "1"]
+
+
+def test_first_arrivals_keeps_single_events_and_the_first_copy_of_repeated_ones():
+    a, b, c = (f"6f1c2a7e-3b7d-4a53-9f1e-0c6a2d9b4e3{i}" for i in range(3))
+    values = [raw(event_id=a), raw(event_id=b), raw(event_id=b), raw(event_id=c), raw(event_id=b)]
+    frame = bronze(values, partitions=[0, 0, 1, 0, 0], offsets=[1, 2, 3, 4, 0],
+                   timestamps=[KAFKA_TS, KAFKA_TS, KAFKA_TS, KAFKA_TS, KAFKA_TS + timedelta(seconds=1)])
+    kept = silver.first_arrivals(silver.valid(silver.validate(frame, LIMIT))).to_pylist()
+    assert sorted((r["event_id"][-1], r["source_offset"]) for r in kept) == [("0", 1), ("1", 2), ("2", 4)]
 
 
 # ---- SCD2 users ---------------------------------------------------------------------------------
@@ -326,3 +352,46 @@ def test_scd2_is_the_same_for_any_arrival_order_and_batching(events, rng, batche
         for user in touched:
             dim[user] = [d for d in dimension([r for r in seen if r[0] == user])]
     assert sorted((d for versions in dim.values() for d in versions), key=_order) == expected
+
+
+def versions_frame(dim: list[tuple]) -> daft.DataFrame:
+    when = pa.timestamp("us", "UTC")
+    return daft.from_arrow(pa.table({
+        "user_id": pa.array([d[0] for d in dim], pa.string()), "valid_from": pa.array([d[1] for d in dim], when),
+        "valid_to": pa.array([d[2] for d in dim], when), "user_plan": pa.array([d[3] for d in dim], pa.string()),
+        "user_country": pa.array([d[4] for d in dim], pa.string()),
+    }))
+
+
+def disrupted(chunk, dim: list[tuple]) -> set[str]:
+    frame = silver.disrupted_users(facts_frame(chunk), versions_frame(dim))
+    return set(frame.to_pydict()["user_id"])
+
+
+def test_events_inside_a_version_with_its_attributes_disrupt_nothing():
+    history = [("u1", 0, "a", "free", "DE"), ("u1", 10, "b", "pro", "DE"), ("u2", 0, "c", "free", "FR")]
+    dim = dimension(history)
+    assert disrupted([("u1", 5, "d", "free", "DE"), ("u1", 30, "e", "pro", "DE")], dim) == set()
+    assert disrupted([("u1", 5, "d", "pro", "DE")], dim) == {"u1"}  # splits the free version
+    assert disrupted([("u1", 10, "d", "pro", "DE")], dim) == {"u1"}  # on a boundary: the tie decides
+    assert disrupted([("u2", -1, "d", "free", "FR")], dim) == {"u2"}  # before the first version
+    assert disrupted([("u3", 1, "d", "free", "FR"), (None, 1, "f", None, None)], dim) == {"u3"}  # new user
+
+
+@given(EVENTS, st.randoms(use_true_random=False), st.integers(min_value=1, max_value=4))
+@hsettings(max_examples=40, deadline=None)
+def test_incremental_scd2_rebuilds_only_disrupted_users_and_equals_the_full_dimension(events, rng, batches):
+    """Silver's fold: per batch, rebuild only the users disrupted_users names; always the full answer."""
+    rows = [(u, minute, f"e{i:03d}", plan, country) for i, (u, minute, plan, country) in enumerate(events)]
+    shuffled = rows[:]
+    rng.shuffle(shuffled)
+    cuts = sorted(rng.sample(range(1, len(rows)), min(batches - 1, len(rows) - 1))) if len(rows) > 1 else []
+    seen: list = []
+    dim: list[tuple] = []
+    for chunk in [shuffled[i:j] for i, j in zip([0, *cuts], [*cuts, len(rows)])]:
+        seen += chunk
+        touched = {r[0] for r in chunk if r[0] is not None}
+        rebuild = disrupted(chunk, [d for d in dim if d[0] in touched])
+        assert rebuild <= touched
+        dim = [d for d in dim if d[0] not in rebuild] + dimension([r for r in seen if r[0] in rebuild])
+        assert sorted(dim, key=_order) == dimension(seen)

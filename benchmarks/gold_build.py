@@ -398,17 +398,20 @@ def child_gold(ns) -> None:
             timeline.append((key, wall, time.time()))
 
     fg._replace = timed_replace
-    if hasattr(fg, "table_lock"):
-        lock = fg.table_lock
+    lock = fg._lock_tables  # one request for the locks of every table a task commits
 
-        @contextlib.contextmanager
-        def timed_lock(identifier):
-            t = time.monotonic()
-            with lock(identifier):
-                spans["table_lock_wait"] = round(spans.get("table_lock_wait", 0) + time.monotonic() - t, 3)
+    @contextlib.contextmanager
+    def timed_lock(identifiers):
+        t = time.monotonic()
+        with lock(identifiers):
+            spans["table_lock_wait"] = round(spans.get("table_lock_wait", 0) + time.monotonic() - t, 3)
+            held = time.monotonic()
+            try:
                 yield
+            finally:
+                spans["table_lock_held"] = round(spans.get("table_lock_held", 0) + time.monotonic() - held, 3)
 
-        fg.table_lock = timed_lock
+    fg._lock_tables = timed_lock
     profiler = None
     if ns.profile:
         import cProfile

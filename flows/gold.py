@@ -12,6 +12,7 @@ a late day touches most users, and their facts span every day.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -19,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
-from typing import Optional
+from typing import Iterator, Optional
 
 import daft
 import pyarrow as pa
@@ -53,7 +54,7 @@ from tasks.tables import (
     TableSpec,
     ensure_table,
 )
-from tasks.orchestration import TRANSIENT_RETRY, emit_table_committed, publish_counts, table_lock
+from tasks.orchestration import TRANSIENT_RETRY, emit_table_committed, lock_name, publish_counts
 from tasks.transforms import gold
 
 UPSTREAM = SILVER_FACT_CONVERSIONS.identifier
@@ -118,24 +119,48 @@ def _built(spec: TableSpec, plan: GoldPlan) -> bool:
     return plan.watermarks[spec.identifier] == plan.upto and not plan.full
 
 
+@contextlib.contextmanager
+def _lock_tables(identifiers: list[str]) -> Iterator[None]:
+    """The locks of several tables in one request, as tasks.orchestration.table_lock takes one: the
+    server grants all of them or none (no deadlock), and a round trip per table cost more than the
+    commits of a one-day build."""
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency([lock_name(i) for i in identifiers], occupy=1, strict=False, timeout_seconds=600,
+                     lease_duration=60):
+        yield
+
+
 def _replace(settings: Settings, spec: TableSpec, plan: GoldPlan, rows: pa.Table | None, delete_filter,
-             report: dict, catalog=None) -> int | None:
-    """Replace the keys of one gold table with ``rows`` (computed) atomically, unless it is already
-    built this far. No rows: delete the keys and commit the bookkeeping."""
+             report: dict, catalog=None) -> int:
+    """Replace the keys of one gold table with ``rows`` in one atomic commit; the caller holds its
+    lock. No rows: delete the keys and commit the bookkeeping."""
     expected = plan.watermarks[spec.identifier]
-    if _built(spec, plan):
-        return None
     table = ensure_table(catalog or open_catalog(settings), settings, spec)
     rows = rows if rows is not None else table.schema().as_arrow().empty_table()
     summary = {upstream_key(UPSTREAM): str(plan.upto), RUN_ID_KEY: plan.run_id,
                REPORT_KEY: json.dumps({**report, "rows": rows.num_rows}, default=str)}
-    with table_lock(spec.identifier):
-        snapshot = commit_rows(table, conform(rows, table), summary,
-                               still_current=lambda t: upstream_snapshot(t, UPSTREAM) == expected,
-                               delete_filter=delete_filter)
+    snapshot = commit_rows(table, conform(rows, table), summary,
+                           still_current=lambda t: upstream_snapshot(t, UPSTREAM) == expected,
+                           delete_filter=delete_filter)
     emit_table_committed(spec.identifier, "gold", snapshot, plan.run_id, rows_written=rows.num_rows,
                          upstream_snapshot_id=plan.upto)
     return snapshot
+
+
+def _replace_all(settings: Settings, plan: GoldPlan, changes: list[tuple], catalog=None) -> dict[str, int]:
+    """Each (spec, rows, delete_filter, report) replaced in its own commit, under one lock request,
+    side by side in threads (a commit is mostly waiting on files and the catalog). Tables already
+    built this far are skipped. Returns the snapshot ids."""
+    todo = [change for change in changes if not _built(change[0], plan)]
+    if not todo:
+        return {}
+    with _lock_tables([spec.identifier for spec, *_ in todo]):
+        with ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="gold-commit") as pool:
+            commits = {spec.identifier: pool.submit(copy_context().run, _replace, settings, spec, plan, rows, where,
+                                                    report, catalog)
+                       for spec, rows, where, report in todo}
+        return {name: commit.result() for name, commit in commits.items()}
 
 
 @task(cache_policy=NO_CACHE)
@@ -162,18 +187,11 @@ def build_daily_tables(settings: Settings, plan: GoldPlan) -> dict[str, int]:
         (GOLD_HOURLY_API_USAGE, lambda f: gold.hourly_api_usage(f)),
         (GOLD_USER_DAILY_ACTIVITY, lambda f: gold.user_daily_activity(f)),
     )
-    # Each table commits in a thread while Daft computes the next one: a commit is mostly waiting
-    # (lock, files, catalog), which would otherwise add up to a large share of a one-day build.
-    commits = {}
-    with ThreadPoolExecutor(max_workers=len(tables), thread_name_prefix="gold-commit") as pool:
-        for spec, build in tables:
-            if _built(spec, plan):
-                continue
-            frame = build(facts) if facts is not None else None
-            rows = frame.to_arrow() if frame is not None else None
-            commits[spec.identifier] = pool.submit(copy_context().run, _replace, settings, spec, plan, rows, where,
-                                                   report, catalog)
-    return {name: commit.result() for name, commit in commits.items()}
+    changes = []
+    for spec, build in tables:  # gold rows are aggregates: all of them fit in memory at once
+        frame = build(facts) if facts is not None and not _built(spec, plan) else None
+        changes.append((spec, frame.to_arrow() if frame is not None else None, where, report))
+    return _replace_all(settings, plan, changes, catalog)
 
 
 @task(cache_policy=NO_CACHE)
@@ -198,9 +216,8 @@ def build_user_summary(settings: Settings, plan: GoldPlan) -> dict[str, int]:
     frame = gold.user_summary_from_daily(daily, dim) if daily is not None and dim is not None else None
     rows = frame.to_arrow() if frame is not None else None
     where = AlwaysTrue() if plan.full else In("user_id", users) if users else None
-    snapshot = _replace(settings, GOLD_USER_ACTIVITY_SUMMARY, plan, rows, where,
-                        {"users": "all" if plan.full else len(users)}, catalog)
-    return {GOLD_USER_ACTIVITY_SUMMARY.identifier: snapshot} if snapshot is not None else {}
+    return _replace_all(settings, plan, [(GOLD_USER_ACTIVITY_SUMMARY, rows, where,
+                                          {"users": "all" if plan.full else len(users)})], catalog)
 
 
 @task(cache_policy=NO_CACHE)
@@ -223,8 +240,7 @@ def build_dim_date(settings: Settings, plan: GoldPlan) -> dict[str, int]:
             if day is not None:
                 days.add(EPOCH + timedelta(days=day))
     rows = gold.dim_date(min(days), max(days)).to_arrow() if days else None
-    snapshot = _replace(settings, GOLD_DIM_DATE, plan, rows, AlwaysTrue(), {"days": len(days)}, catalog)
-    return {GOLD_DIM_DATE.identifier: snapshot} if snapshot is not None else {}
+    return _replace_all(settings, plan, [(GOLD_DIM_DATE, rows, AlwaysTrue(), {"days": len(days)})], catalog)
 
 
 def _publish_latest_day(settings: Settings) -> None:

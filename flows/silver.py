@@ -13,6 +13,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+import daft
 from daft import col
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -198,8 +199,10 @@ def commit_users(settings: Settings, plan: SilverPlan, checked, users: list[str]
     if versions is not None and users:
         rebuild = sorted(silver.disrupted_users(silver.valid(checked), versions).to_pydict()["user_id"])
     facts_table = ensure_table(catalog, settings, SILVER_FACT_CONVERSIONS)
-    events = read_users(facts_table, rebuild, ["user_id", "occurred_at", "event_id", "user_plan", "user_country"],
-                        io_config(settings))
+    events = None
+    if rebuild and facts_table.current_snapshot() is not None:
+        wanted = daft.from_arrow(pa.table({"user_id": pa.array(rebuild, pa.string())}))
+        events = silver.events_of(daft.read_iceberg(facts_table, io_config=io_config(settings)), wanted)
     if events is None:
         rows = pa.table({name: pa.array([], pa.null()) for name in silver.DIM_USER_COLUMNS})
     else:

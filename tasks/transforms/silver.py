@@ -175,6 +175,16 @@ def user_versions(events: DataFrame) -> DataFrame:
     )
 
 
+def events_of(facts: DataFrame, users: DataFrame) -> DataFrame:
+    """The facts of ``users`` (a ``user_id`` column), as user_versions needs them.
+
+    A hash semi-join: filtering with is_in over thousands of ids costs several times more.
+    """
+    return facts.select("user_id", "occurred_at", "event_id", "user_plan", "user_country").join(
+        users.select("user_id"), on="user_id", how="semi"
+    )
+
+
 def disrupted_users(events: DataFrame, versions: DataFrame) -> DataFrame:
     """The users (one ``user_id`` column) whose SCD2 versions ``events`` may change.
 

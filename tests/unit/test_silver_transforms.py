@@ -395,3 +395,9 @@ def test_incremental_scd2_rebuilds_only_disrupted_users_and_equals_the_full_dime
         assert rebuild <= touched
         dim = [d for d in dim if d[0] not in rebuild] + dimension([r for r in seen if r[0] in rebuild])
         assert sorted(dim, key=_order) == dimension(seen)
+
+
+def test_events_of_keeps_only_the_listed_users():
+    facts = facts_frame([("u1", 0, "a", "free", "DE"), ("u2", 1, "b", "pro", "FR"), (None, 2, "c", None, None)])
+    picked = silver.events_of(facts, daft.from_pydict({"user_id": ["u2", "u9"]})).to_pylist()
+    assert [(r["user_id"], r["event_id"]) for r in picked] == [("u2", "b")]

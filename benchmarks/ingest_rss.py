@@ -8,8 +8,8 @@ in a subprocess while sampling /proc every ``--interval`` seconds:
 * the ingest process and its descendants (VmRSS, split into anonymous and shared memory: batches
   fetched from Ray's object store are mapped shared memory, counted in RSS but owned by plasma),
   plus the kernel's own high-water mark (VmHWM) of the ingest process;
-* the Ray worker processes of the ingest's Ray job (the partition readers run there, on the Ray
-  head, not in the ingest process), identified by RAY_JOB_ID of the workers that ran read_partition;
+* the bronze writer actors on the Ray head (they read the partitions and write the Parquet files,
+  not the ingest process), identified by their process title ``ray::BronzeWriter``;
 * the raylet (it maps the object store) and the machine's MemAvailable.
 
 Writes benchmarks/results/ingest_rss.json. Prints figures; never asserts. The topic is unique and
@@ -36,6 +36,7 @@ from ingest_rate import (  # noqa: E402
 RESULT = ROOT / "benchmarks" / "results" / "ingest_rss.json"
 TARGET_BYTES = 1.5 * 1024**3
 KB = 1024
+WRITERS = "bronze-writer actors"
 
 
 def _status(pid: int) -> dict[str, int] | None:
@@ -136,8 +137,9 @@ class Sampler:
             w["titles"].add(cmd.split()[0])
             if st.get("VmRSS", 0) > w["peak_rss"]:
                 w.update(peak_rss=st["VmRSS"], peak_anon=st.get("RssAnon", 0), shmem_at_peak=st.get("RssShmem", 0))
-            if w["job"]:
-                per_job[w["job"]] = per_job.get(w["job"], 0) + st.get("VmRSS", 0)
+            key = WRITERS if "BronzeWriter" in cmd else w["job"]  # detached actors: any job may have made them
+            if key:
+                per_job[key] = per_job.get(key, 0) + st.get("VmRSS", 0)
         for pid in raylets:
             st = _status(pid)
             if st:
@@ -153,7 +155,8 @@ class Sampler:
         self.samples.append({"t": now, "ingest_rss": rss, "ingest_anon": anon, "workers_by_job": per_job})
 
     def reader_jobs(self) -> set[str]:
-        return {w["job"] for w in self.workers.values() if w["job"] and any("read_partition" in t for t in w["titles"])}
+        """The bronze writer actors (they read Kafka and write the files), by their own key."""
+        return {WRITERS for w in self.workers.values() if any("BronzeWriter" in t for t in w["titles"])}
 
 
 def _phase_at(log: str, moment: float) -> str | None:
@@ -217,7 +220,7 @@ def main() -> None:
             drop_topic(settings, s.kafka_topic)
 
     jobs = sampler.reader_jobs()
-    ours = [w for w in sampler.workers.values() if w["job"] in jobs]
+    ours = [w for w in sampler.workers.values() if any("BronzeWriter" in t for t in w["titles"])]
     peak_workers_sum = max((sum(v for j, v in smp["workers_by_job"].items() if j in jobs) for smp in sampler.samples),
                            default=0)
     peak_total = max((smp["ingest_rss"] + sum(v for j, v in smp["workers_by_job"].items() if j in jobs)
@@ -260,7 +263,7 @@ def main() -> None:
           f"shared {mb(ingest['peak_shmem'])} MB; VmHWM {mb(ingest['hwm'])} MB; during "
           f"{result['ingest_process']['peak_during']}); target <= {mb(TARGET_BYTES)} MB: "
           f"{'met' if target_met else 'NOT met'}")
-    print(f"  Ray reader workers       {result['ray_workers']['peak_rss_mb_per_worker']} MB peak each "
+    print(f"  bronze writer actors     {result['ray_workers']['peak_rss_mb_per_worker']} MB peak each "
           f"(anon {result['ray_workers']['peak_anon_mb_per_worker']}), {mb(peak_workers_sum)} MB together at peak; "
           f"jobs {sorted(jobs)}")
     print(f"  ingest + workers at the same instant {mb(peak_total)} MB; raylet peak {mb(sampler.raylet_peak)} MB; "

@@ -107,6 +107,7 @@ def read_batch(settings: Settings, plan: BatchPlan, ingested_at: datetime) -> li
     return write_ranges(
         plan.ranges, settings.kafka_bootstrap, ingested_at, plan.run_id, table.metadata, dict(table.io.properties),
         slots=settings.ingest_writers, idle_seconds=settings.ingest_writer_idle_seconds,
+        chunk_bytes=settings.ingest_chunk_bytes,
     )
 
 

@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tasks.kafka import PartitionRange, read_partition
+from tasks.kafka import PartitionRange, ReadProgress, read_chunks
 
 if TYPE_CHECKING:
     from pyiceberg.manifest import DataFile
@@ -56,24 +56,48 @@ def write_partition_range(
     run_id: str,
     table_metadata: "TableMetadata",
     io_properties: dict[str, str],
+    chunk_bytes: int = 32 * 1024 * 1024,
 ) -> WrittenRange:
-    """Read one partition range and write it as data files of the table, uncommitted."""
+    """Read one partition range and write it as data files of the table, uncommitted.
+
+    Each chunk of about ``chunk_bytes`` is written as soon as it is read, so memory is bounded by
+    the chunk, whatever the batch size.
+    """
     from pyiceberg.io import load_file_io
     from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
 
-    began = time.perf_counter()
-    batch = read_partition(wanted, bootstrap, ingested_at, run_id)
-    read = time.perf_counter()
+    io = load_file_io(io_properties, table_metadata.location)
+    progress = ReadProgress(wanted.start)
     files: list = []
-    if batch.records:
+    read_seconds = write_seconds = 0.0
+    mark = time.perf_counter()
+    for chunk in read_chunks(wanted, bootstrap, ingested_at, run_id, progress, chunk_bytes):
+        got = time.perf_counter()
+        read_seconds += got - mark
         _check_pyarrow_schema_compatible(
-            table_metadata.schema(), provided_schema=batch.table.schema, format_version=table_metadata.format_version
+            table_metadata.schema(), provided_schema=chunk.schema, format_version=table_metadata.format_version
         )
-        io = load_file_io(io_properties, table_metadata.location)
-        # a write uuid per range: file names stay unique across the actors of one batch
-        files = list(_dataframe_to_data_files(table_metadata, batch.table, io, write_uuid=uuid.uuid4()))
-    return WrittenRange(batch.topic, batch.partition, batch.start, batch.next_offset, batch.records, batch.bytes,
-                        files, round(read - began, 3), round(time.perf_counter() - read, 3))
+        # a write uuid per chunk: file names stay unique across chunks and actors
+        files += _dataframe_to_data_files(table_metadata, chunk, io, write_uuid=uuid.uuid4())
+        del chunk
+        mark = time.perf_counter()
+        write_seconds += mark - got
+    read_seconds += time.perf_counter() - mark
+    return WrittenRange(wanted.topic, wanted.partition, wanted.start, progress.next_offset, progress.records,
+                        progress.bytes, files, round(read_seconds, 3), round(write_seconds, 3))
+
+
+def release_memory() -> None:
+    """Give freed Arrow and malloc memory back to the OS, so an idle actor stays small."""
+    import ctypes
+
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the allocator keeps it, which is only wasteful
+        pass
 
 
 class BronzeWriter:
@@ -88,6 +112,7 @@ class BronzeWriter:
         try:
             return write_partition_range(*args)
         finally:
+            release_memory()
             self._last_used = time.monotonic()
 
     def retire_if_idle(self) -> None:
@@ -156,6 +181,7 @@ def write_ranges(
     io_properties: dict[str, str],
     slots: int,
     idle_seconds: float,
+    chunk_bytes: int = 32 * 1024 * 1024,
 ) -> list[WrittenRange]:
     """Every range on the writer pool at once (round robin), results in range order.
 
@@ -166,7 +192,7 @@ def write_ranges(
 
     if not ranges:
         return []
-    shared = [ray.put(x) for x in (bootstrap, ingested_at, run_id, table_metadata, io_properties)]
+    shared = [ray.put(x) for x in (bootstrap, ingested_at, run_id, table_metadata, io_properties, chunk_bytes)]
     for attempt in (1, 2):
         pool = writer_pool(min(slots, len(ranges)), idle_seconds)
         try:

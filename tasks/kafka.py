@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -105,26 +105,47 @@ def watermarks(settings: Settings, topic: str) -> dict[int, tuple[int, int]]:
         consumer.close()
 
 
-def read_partition(wanted: PartitionRange, bootstrap: str, ingested_at: "datetime", run_id: str) -> PartitionBatch:
-    """Read one partition range into bronze rows. Runs as a Ray task, one per partition.
+@dataclass
+class ReadProgress:
+    """Where a reader stands: one past the last record read, and what it read so far."""
+
+    next_offset: int
+    records: int = 0
+    bytes: int = 0
+
+
+def read_chunks(
+    wanted: PartitionRange,
+    bootstrap: str,
+    ingested_at: "datetime",
+    run_id: str,
+    progress: ReadProgress,
+    chunk_bytes: int = 32 * 1024 * 1024,
+) -> Iterator["pa.Table"]:
+    """Read one partition range as bronze rows, yielded in chunks of about ``chunk_bytes``.
 
     Stops at ``end`` (the high watermark when the batch was planned), the record or byte limit,
-    or the deadline, whichever comes first; ``next_offset`` is exactly one past the last row.
+    or the deadline, whichever comes first. ``progress`` is updated as records are read: after the
+    last chunk, ``progress.next_offset`` is exactly one past the last row. Holding one chunk at a
+    time keeps a reader's memory bounded by the chunk, not by the batch.
     """
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     from tasks.transforms.bronze import RecordColumns, records_to_arrow
 
     columns = RecordColumns()
-    size = 0
-    next_offset = wanted.start
+    chunk_size = 0
     consumer = Consumer(consumer_config(bootstrap))
     try:
         consumer.assign([TopicPartition(wanted.topic, wanted.partition, wanted.start)])
-        while next_offset < wanted.end and len(columns) < wanted.max_records and size < wanted.max_bytes:
+        while (progress.next_offset < wanted.end and progress.records < wanted.max_records
+               and progress.bytes < wanted.max_bytes):
             if time.time() >= wanted.deadline:
                 break
-            want = min(10_000, wanted.max_records - len(columns))
+            if chunk_size >= chunk_bytes:
+                yield records_to_arrow(wanted.topic, wanted.partition, columns, ingested_at, run_id)
+                columns, chunk_size = RecordColumns(), 0
+            want = min(10_000, wanted.max_records - progress.records)
             messages = consumer.consume(num_messages=want, timeout=0.5)
             for message in messages:
                 if message.error() is not None:
@@ -133,25 +154,38 @@ def read_partition(wanted: PartitionRange, bootstrap: str, ingested_at: "datetim
                 if offset >= wanted.end:
                     break
                 key, value = message.key(), message.value()
-                size += (len(key) if key else 0) + (len(value) if value else 0)
+                size = (len(key) if key else 0) + (len(value) if value else 0)
+                chunk_size += size
                 columns.offsets.append(offset)
                 columns.timestamps_ms.append(message.timestamp()[1])
                 columns.keys.append(key)
                 columns.values.append(value)
                 columns.headers.append(message.headers())
-                next_offset = offset + 1
-                if size >= wanted.max_bytes or len(columns) >= wanted.max_records:
+                progress.next_offset = offset + 1
+                progress.records += 1
+                progress.bytes += size
+                if progress.bytes >= wanted.max_bytes or progress.records >= wanted.max_records:
                     break
             if not messages:
                 # Nothing arrived: the range may end in a gap (aborted transactions, compaction).
                 position = consumer.position([TopicPartition(wanted.topic, wanted.partition)])[0].offset
                 if position >= wanted.end:
-                    next_offset = max(next_offset, position)
+                    progress.next_offset = max(progress.next_offset, position)
                     break
     finally:
         consumer.close()
-    table = records_to_arrow(wanted.topic, wanted.partition, columns, ingested_at, run_id)
-    return PartitionBatch(wanted.topic, wanted.partition, wanted.start, next_offset, len(columns), size, table)
+    if len(columns):
+        yield records_to_arrow(wanted.topic, wanted.partition, columns, ingested_at, run_id)
+
+
+def read_partition(wanted: PartitionRange, bootstrap: str, ingested_at: "datetime", run_id: str) -> PartitionBatch:
+    """Read one partition range into one table of bronze rows (``read_chunks``, concatenated)."""
+    from tasks.transforms.bronze import concat_batches
+
+    progress = ReadProgress(wanted.start)
+    table = concat_batches(list(read_chunks(wanted, bootstrap, ingested_at, run_id, progress)))
+    return PartitionBatch(wanted.topic, wanted.partition, wanted.start, progress.next_offset, progress.records,
+                          progress.bytes, table)
 
 
 def commit_group_offsets(settings: Settings, topic: str, next_offsets: dict[int, int]) -> None:

@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     ingest_max_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="key+value bytes per micro-batch")
     ingest_max_seconds: float = Field(30.0, gt=0, description="seconds a micro-batch may spend reading")
     ingest_writers: int = Field(3, ge=1, le=256, description="warm Ray actors that read Kafka partitions and write bronze files in parallel")
+    ingest_chunk_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="key+value bytes a writer actor reads before it writes them as files: bounds its memory, whatever the batch size")
     ingest_writer_idle_seconds: float = Field(900.0, ge=10, description="an ingest writer actor unused this long exits and frees its memory")
 
     silver_max_value_bytes: int = Field(1024 * 1024, ge=1024, description="bronze values larger than this are quarantined as OVERSIZED")

@@ -154,8 +154,9 @@ def writer_pool(slots: int, idle_seconds: float) -> list:
     _retire_stale_writers(version)
     actor = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1)(BronzeWriter)
     return [
+        # SPREAD: with no CPUs reserved, the writers would otherwise pack onto one node
         actor.options(name=f"{NAME_PREFIX}{version}-{slot}", namespace=NAMESPACE, lifetime="detached",
-                      get_if_exists=True).remote(idle_seconds)
+                      get_if_exists=True, scheduling_strategy="SPREAD").remote(idle_seconds)
         for slot in range(slots)
     ]
 

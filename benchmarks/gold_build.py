@@ -1,7 +1,7 @@
 """Gold builds at scale: a full build, an incremental build after late data, and DuckDB as a peer.
 
     .venv/bin/python benchmarks/gold_build.py [--days 30] [--events-per-day 1000000] [--late 100]
-        [--runners ray] [--workdir /tmp/bench-gold] [--rebuild] [--profile]
+        [--incremental-runs 3] [--runners ray] [--workdir /tmp/bench-gold] [--rebuild] [--profile]
 
 Builds a PRIVATE lakehouse (SQLite catalog, file warehouse under the workdir; never the stack's
 REST catalog) whose silver is written directly: ``--days`` days × ``--events-per-day`` facts in
@@ -20,11 +20,14 @@ runner; Daft's runner is set once per process):
    theirs overlap) timed; then, in the same process, Daft computing gold.daily_conversion_metrics
    from silver alone (read + compute to Arrow, no commit);
 2. ``--late`` late facts for one old day are appended as a new silver snapshot, then ``gold_flow()``
-   (incremental);
+   (incremental), ``--incremental-runs`` times from that same state; the median run is reported
+   (the Prefect server and its table locks are shared with whatever else runs on the machine);
 3. DuckDB computing daily_conversion_metrics with equivalent SQL (nearest-rank percentiles) over
    silver's Parquet files (from plan_files), compared row by row with what the flow committed.
 
-Before the flow is timed, each child imports what the flow would import on first use (see
+The children take private table locks (``bench-gold:<table>``; no such limit exists, so each
+acquisition is one request that nobody else's run can make wait). Before the flow is timed, each
+child imports what the flow would import on first use (see
 WARM_IMPORTS: this environment compiles every import from source), the same for both builds.
 The silver state (catalog) is restored before each runner's pair of builds. Writes
 benchmarks/results/gold_build.json. Prints figures; never asserts.
@@ -360,6 +363,10 @@ def child_gold(ns) -> None:
 
     import flows.gold as fg
 
+    # The lakehouse is private, and so are its table locks: the stack's locks are shared with every
+    # other gold run against this Prefect server (tests, other benchmarks), and waiting for those
+    # is not this build's cost. Each acquisition is still one request to the server.
+    fg.lock_name = lambda identifier: f"bench-gold:{identifier}"
     warm = time.monotonic()
     warm_up(settings, ns.runner)
     warmup = time.monotonic() - warm
@@ -549,6 +556,8 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--events-per-day", type=int, default=1_000_000)
     parser.add_argument("--late", type=int, default=100, help="late facts appended for one old day")
+    parser.add_argument("--incremental-runs", type=int, default=3,
+                        help="incremental builds from the same state after the late data; the median is reported")
     parser.add_argument("--late-day", type=int, default=None, help="index of the old day (default: a third in)")
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--runners", default="ray", help="comma-separated: ray, native")
@@ -604,9 +613,19 @@ def main() -> None:
                       f" peak RSS {duck['memory']['process_peak_rss_mb']} MB; vs the gold table "
                       f"{duck['compared_with_gold_table']}", flush=True)
         late = append_late(lake, args.days, args.late, late_day, args.seed)
-        print(f"[{runner}] appended {late}; incremental gold build ...", flush=True)
-        inc = run_measured("_gold", ["--lake", str(lake), "--runner", runner, *extra], workdir, args.interval)
+        shutil.copy(lake / "catalog.db", lake / "catalog.late.db")
+        attempts = []
+        for i in range(args.incremental_runs):  # the same build from the same state; the median counts
+            shutil.copy(lake / "catalog.late.db", lake / "catalog.db")
+            print(f"[{runner}] appended {late}; incremental gold build {i + 1}/{args.incremental_runs} ...", flush=True)
+            attempts.append(run_measured("_gold", ["--lake", str(lake), "--runner", runner, *extra], workdir,
+                                         args.interval))
+        done = sorted((a for a in attempts if not a.get("failed")), key=lambda a: a["flow_seconds"])
+        inc = done[len(done) // 2] if done else attempts[-1]
         runs[f"{runner}/incremental"] = summarize(inc) | {"late": late}
+        if done:
+            runs[f"{runner}/incremental"]["runs_flow_seconds (median reported)"] = [a["flow_seconds"] for a in attempts
+                                                                                   if not a.get("failed")]
         if not inc.get("failed"):
             if runs[f"{runner}/incremental"]["flow_attempts"] > 1:
                 print(f"  !! the flow ran {runs[f'{runner}/incremental']['flow_attempts']} times (Prefect retry)", flush=True)

@@ -16,6 +16,7 @@ import contextlib
 import json
 import time
 import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from dataclasses import asdict, dataclass, field
@@ -39,7 +40,7 @@ from tasks.commits import (
     upstream_snapshot,
 )
 from tasks.compute import use_ray
-from tasks.scans import distinct_added, pending_range, plan_increment, read_days, read_users
+from tasks.scans import distinct_added, pending_range, plan_increment, read_days, read_user_rows
 from tasks.settings import Settings, load_settings
 from tasks.tables import (
     GOLD_DAILY_CONVERSION_METRICS,
@@ -121,9 +122,13 @@ def _built(spec: TableSpec, plan: GoldPlan) -> bool:
 
 @contextlib.contextmanager
 def _lock_tables(identifiers: list[str]) -> Iterator[None]:
-    """The locks of several tables in one request, as tasks.orchestration.table_lock takes one: the
-    server grants all of them or none (no deadlock), and a round trip per table cost more than the
-    commits of a one-day build."""
+    """The locks of every gold table in one request (tasks.orchestration.table_lock takes one),
+    held from planning to the last commit.
+
+    The server grants all of them or none, so there is no deadlock. Gold builds run one at a time:
+    a second one waits, then plans from the first one's watermarks instead of failing its commit
+    check. And a busy Prefect server can take seconds per request: one request per table and
+    commit cost more than the commits of a one-day build."""
     from prefect.concurrency.sync import concurrency
 
     with concurrency([lock_name(i) for i in identifiers], occupy=1, strict=False, timeout_seconds=600,
@@ -133,8 +138,8 @@ def _lock_tables(identifiers: list[str]) -> Iterator[None]:
 
 def _replace(settings: Settings, spec: TableSpec, plan: GoldPlan, rows: pa.Table | None, delete_filter,
              report: dict, catalog=None) -> int:
-    """Replace the keys of one gold table with ``rows`` in one atomic commit; the caller holds its
-    lock. No rows: delete the keys and commit the bookkeeping."""
+    """Replace the keys of one gold table with ``rows`` in one atomic commit (gold_flow holds the
+    lock). No rows: delete the keys and commit the bookkeeping."""
     expected = plan.watermarks[spec.identifier]
     table = ensure_table(catalog or open_catalog(settings), settings, spec)
     rows = rows if rows is not None else table.schema().as_arrow().empty_table()
@@ -149,18 +154,20 @@ def _replace(settings: Settings, spec: TableSpec, plan: GoldPlan, rows: pa.Table
 
 
 def _replace_all(settings: Settings, plan: GoldPlan, changes: list[tuple], catalog=None) -> dict[str, int]:
-    """Each (spec, rows, delete_filter, report) replaced in its own commit, under one lock request,
-    side by side in threads (a commit is mostly waiting on files and the catalog). Tables already
-    built this far are skipped. Returns the snapshot ids."""
+    """Each (spec, rows, delete_filter, report) replaced in its own commit, side by side in threads
+    (a commit mostly waits on files and the catalog). Tables already built this far are skipped.
+    Returns the snapshot ids."""
     todo = [change for change in changes if not _built(change[0], plan)]
     if not todo:
         return {}
-    with _lock_tables([spec.identifier for spec, *_ in todo]):
-        with ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="gold-commit") as pool:
-            commits = {spec.identifier: pool.submit(copy_context().run, _replace, settings, spec, plan, rows, where,
-                                                    report, catalog)
-                       for spec, rows, where, report in todo}
-        return {name: commit.result() for name, commit in commits.items()}
+    # commit_rows silences "did not match any records" with catch_warnings, which is not thread-safe
+    # (the filters are global): silence it here for all the threads
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="gold-commit") as pool:
+        warnings.filterwarnings("ignore", "Delete operation did not match any records", UserWarning)
+        commits = {spec.identifier: pool.submit(copy_context().run, _replace, settings, spec, plan, rows, where,
+                                                report, catalog)
+                   for spec, rows, where, report in todo}
+    return {name: commit.result() for name, commit in commits.items()}
 
 
 @task(cache_policy=NO_CACHE)
@@ -211,8 +218,8 @@ def build_user_summary(settings: Settings, plan: GoldPlan) -> dict[str, int]:
         daily = daft.read_iceberg(daily_table, io_config=io_config(settings)) if daily_table.current_snapshot() else None
         dim = daft.read_iceberg(users_table, io_config=io_config(settings)) if users_table.current_snapshot() else None
     else:  # the touched users' rows only: days x users, however many facts they had
-        daily = read_users(daily_table, users, DAILY_ACTIVITY_COLUMNS, io_config(settings))
-        dim = read_users(users_table, users, DIM_USERS_COLUMNS, io_config(settings))
+        daily = read_user_rows(daily_table, users, DAILY_ACTIVITY_COLUMNS)
+        dim = read_user_rows(users_table, users, DIM_USERS_COLUMNS)
     frame = gold.user_summary_from_daily(daily, dim) if daily is not None and dim is not None else None
     rows = frame.to_arrow() if frame is not None else None
     where = AlwaysTrue() if plan.full else In("user_id", users) if users else None
@@ -271,16 +278,17 @@ def gold_flow(full: bool = False, silver_snapshot_id: Optional[int] = None, sett
     settings = settings or load_settings()
     began = time.monotonic()
     use_ray(settings)  # before any Daft work: the runner can be chosen only once per process
-    plan = plan_gold(settings, str(uuid.uuid4()), full)
-    report = GoldReport(run_id=plan.run_id, full=full)
-    if plan.upto is None:
-        logger.info("gold is up to date with silver; nothing committed")
-        return report.as_dict()
-    report.silver_to, report.days, report.users = plan.upto, len(plan.days), len(plan.users)
-    calendar = build_dim_date.submit(settings, plan)  # tiny and independent: beside the daily tables
-    report.committed.update(build_daily_tables(settings, plan))
-    report.committed.update(build_user_summary(settings, plan))  # reads what the daily tables committed
-    report.committed.update(calendar.result())
+    with _lock_tables([spec.identifier for spec in GOLD_TABLES]):
+        plan = plan_gold(settings, str(uuid.uuid4()), full)
+        report = GoldReport(run_id=plan.run_id, full=full)
+        if plan.upto is None:
+            logger.info("gold is up to date with silver; nothing committed")
+            return report.as_dict()
+        report.silver_to, report.days, report.users = plan.upto, len(plan.days), len(plan.users)
+        calendar = build_dim_date.submit(settings, plan)  # tiny and independent: beside the daily tables
+        report.committed.update(build_daily_tables(settings, plan))
+        report.committed.update(build_user_summary(settings, plan))  # reads what the daily tables committed
+        report.committed.update(calendar.result())
     publish_counts("build-gold", {"days rebuilt": report.days, "users rebuilt": report.users,
                                   "tables committed": len(report.committed), "full": full,
                                   "seconds": round(time.monotonic() - began, 3)},

@@ -9,6 +9,7 @@ import daft
 import pyarrow as pa
 import pyarrow.compute as pc
 from daft import DataFrame, col
+from pyiceberg.expressions import In
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import ancestors_between
 
@@ -131,6 +132,17 @@ def read_days(table: Table, days: list[date], columns: list[str], io_config: daf
     frame = daft.read_iceberg(table, io_config=io_config)
     frame = frame.where((col("occurred_at") >= bounds[0]) & (col("occurred_at") < bounds[1]))
     return frame.where(col("event_date").is_in(list(days))).select(*columns)
+
+
+def read_user_rows(table: Table, user_ids: list[str], columns: list[str]) -> DataFrame | None:
+    """The given users' rows of a small table with a user_id column, read by pyiceberg and handed
+    to Daft in memory; None if no users or no data.
+
+    For bounded reads (the touched users' rows of gold.user_daily_activity and silver.dim_users):
+    on Ray a Daft scan schedules work per data file, seconds for a few thousand rows."""
+    if not user_ids or table.current_snapshot() is None:
+        return None
+    return daft.from_arrow(table.scan(row_filter=In("user_id", user_ids), selected_fields=tuple(columns)).to_arrow())
 
 
 def read_users(table: Table, user_ids: list[str], columns: list[str], io_config: daft.io.IOConfig) -> DataFrame | None:

@@ -71,6 +71,9 @@ def valid(checked: DataFrame) -> DataFrame:
     )
 
 
+ARRIVAL_COLUMNS = ("event_id", "kafka_timestamp", "source_partition", "source_offset")
+
+
 def arrival_key(ts: str = "kafka_timestamp", partition: str = "source_partition", offset: str = "source_offset"):
     """A string that sorts like (Kafka timestamp, partition, offset): the first arrival is its minimum."""
     return (
@@ -82,32 +85,38 @@ def arrival_key(ts: str = "kafka_timestamp", partition: str = "source_partition"
     )
 
 
-def first_arrivals(events: DataFrame) -> DataFrame:
-    """One row per event_id: the first arrival (lowest Kafka timestamp, then partition, then offset).
+def later_copies(events: DataFrame) -> DataFrame:
+    """The rows (event_id, source_partition, source_offset) of repeated event_ids that are not the
+    first arrival (lowest Kafka timestamp, then partition, then offset).
 
     Only the few ids that arrive more than once need the arrival order, so only their copies are
-    keyed and compared; every other event passes through untouched.
+    keyed and compared; the result is small.
     """
     copies = events.groupby("event_id").agg(col("event_id").count().alias("copies"))
     repeated = copies.where(col("copies") > 1).select("event_id")
-    once = events.join(repeated, on="event_id", how="anti")
-    several = events.join(repeated, on="event_id", how="semi").with_column("arrival_key", arrival_key())
-    winners = several.groupby("event_id").agg(col("arrival_key").min().alias("winner_key"))
-    firsts = (
-        several.join(winners, on="event_id")
-        .where(col("arrival_key") == col("winner_key"))
-        .exclude("winner_key", "arrival_key")
+    # the repeated ids are few: broadcast them rather than shuffle every event (on Ray)
+    several = events.join(repeated, on="event_id", how="semi", strategy="broadcast").select(
+        *ARRIVAL_COLUMNS, arrival_key().alias("arrival_key")
     )
-    return once.concat(firsts)
+    winners = several.groupby("event_id").agg(col("arrival_key").min().alias("winner_key"))
+    return (
+        several.join(winners, on="event_id")
+        .where(col("arrival_key") != col("winner_key"))
+        .select("event_id", "source_partition", "source_offset")
+    )
 
 
-def against_history(batch: DataFrame, history: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """Split deduplicated batch events by what silver already holds.
+def first_arrivals(events: DataFrame) -> DataFrame:
+    """One row per event_id: the first arrival (lowest Kafka timestamp, then partition, then offset)."""
+    return without(events, later_copies(events))
+
+
+def history_matches(batch: DataFrame, history: DataFrame) -> DataFrame:
+    """The batch events silver already holds: event_id and whether the batch copy arrived earlier.
 
     ``history`` has event_id, kafka_timestamp, source_partition and source_offset of silver rows
-    that could match (same event days). Returns (rows to insert, event_ids whose silver row an
-    earlier arrival now replaces). Batch rows that arrived after the stored one, or are the stored
-    one, are duplicates and are dropped. Only the ids in both are compared.
+    that could match (same event days). The one join against history; its result is small (the
+    duplicates), so the flow materializes it once and ``against_history`` reuses it.
     """
     stored = history.select(
         "event_id",
@@ -123,10 +132,41 @@ def against_history(batch: DataFrame, history: DataFrame) -> tuple[DataFrame, Da
             | ((col("source_partition") == col("stored_partition")) & (col("source_offset") < col("stored_offset")))
         )
     )
-    both = arrived.join(stored, on="event_id")
-    later = both.where(~earlier.fill_null(False)).select("event_id")  # a stored copy came first (or is this one)
-    replaced = both.select("event_id").distinct().join(later, on="event_id", how="anti")
-    return batch.join(later, on="event_id", how="anti"), replaced
+    return arrived.join(stored, on="event_id").select("event_id", earlier.fill_null(False).alias("earlier"))
+
+
+def against_history(batch: DataFrame, matches: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """Split deduplicated batch events by what silver already holds (``history_matches``).
+
+    Returns (rows to insert, event_ids whose silver row an earlier arrival now replaces). Batch rows
+    that arrived after the stored one, or are the stored one, are duplicates and are dropped.
+    """
+    later = matches.where(~col("earlier")).select("event_id")  # a stored copy came first (or is this one)
+    replaced = matches.where(col("earlier")).select("event_id").join(later, on="event_id", how="anti", strategy="broadcast")
+    return batch.join(later, on="event_id", how="anti", strategy="broadcast"), replaced
+
+
+
+
+def arrivals(events: DataFrame) -> DataFrame:
+    """The narrow columns deduplication needs (plus the day and user the flow reports): the dedup
+    joins move these, not the ~25 columns of a fact, which matters most when Ray shuffles them."""
+    return events.select(*ARRIVAL_COLUMNS, "event_date", "user_id")
+
+
+def superseded(batch: DataFrame, matches: DataFrame) -> DataFrame:
+    """The rows (event_id, source_partition, source_offset) of ``batch`` that silver already holds
+    from an earlier (or the same) arrival: duplicates to drop. Small, like ``matches``."""
+    later = matches.where(~col("earlier")).select("event_id")
+    return batch.join(later, on="event_id", how="semi", strategy="broadcast").select(
+        "event_id", "source_partition", "source_offset"
+    )
+
+
+def without(events: DataFrame, drop: DataFrame) -> DataFrame:
+    """``events`` minus the rows ``drop`` names: a broadcast anti-join, the dropped rows are few."""
+    key = ["event_id", "source_partition", "source_offset"]
+    return events.join(drop.select(*key), on=key, how="anti", strategy="broadcast")
 
 
 def facts(rows: DataFrame) -> DataFrame:
@@ -181,7 +221,7 @@ def events_of(facts: DataFrame, users: DataFrame) -> DataFrame:
     A hash semi-join: filtering with is_in over thousands of ids costs several times more.
     """
     return facts.select("user_id", "occurred_at", "event_id", "user_plan", "user_country").join(
-        users.select("user_id"), on="user_id", how="semi"
+        users.select("user_id"), on="user_id", how="semi", strategy="broadcast"
     )
 
 
@@ -195,10 +235,8 @@ def disrupted_users(events: DataFrame, versions: DataFrame) -> DataFrame:
     may split, merge or start a version, so its user is rebuilt from all their facts. Only those
     users are; in steady state that is the users whose plan or country just changed.
     """
-    from daft.functions import monotonically_increasing_id
-
     known = events.where(col("user_id").not_null()).select(
-        monotonically_increasing_id().alias("row"), "user_id", "occurred_at", "user_plan", "user_country"
+        col("user_id").cast(DataType.string()), "occurred_at", "user_plan", "user_country"
     )
     spans = versions.select(
         "user_id",
@@ -207,17 +245,25 @@ def disrupted_users(events: DataFrame, versions: DataFrame) -> DataFrame:
         "valid_from",
         "valid_to",
     )
+    # A user's versions don't overlap, so an event sits inside at most one: a user is untouched
+    # exactly when every one of their events is absorbed. Counting avoids a join on the events.
     absorbed = (
-        known.join(spans, on="user_id")
+        known.join(spans, on="user_id", strategy="broadcast")
         .where(
             (col("occurred_at") > col("valid_from"))
             & (col("valid_to").is_null() | (col("occurred_at") < col("valid_to")))
             & col("user_plan").eq_null_safe(col("version_plan"))
             & col("user_country").eq_null_safe(col("version_country"))
         )
-        .select("row")
+        .groupby("user_id")
+        .agg(col("user_id").count().alias("absorbed"))
     )
-    return known.join(absorbed, on="row", how="anti").select("user_id").distinct()
+    arrived = known.groupby("user_id").agg(col("user_id").count().alias("events"))
+    return (
+        arrived.join(absorbed, on="user_id", how="left")
+        .where(col("absorbed").is_null() | (col("absorbed") < col("events")))
+        .select("user_id")
+    )
 
 
 @daft.func.batch(return_dtype=DataType.int64())

@@ -247,7 +247,7 @@ def test_history_drops_later_duplicates_and_yields_to_earlier_arrivals():
         "source_partition": [0, 0],
         "source_offset": [0, 0],
     })
-    inserts, replaced = silver.against_history(batch, history)
+    inserts, replaced = silver.against_history(batch, silver.history_matches(batch, history))
     ids = sorted(r["event_id"][-2:] for r in inserts.to_pylist())
     assert ids == ["12", "13"]  # 11 is a later duplicate; 12 arrived before the stored copy
     assert [r["event_id"][-2:] for r in replaced.to_pylist()] == ["12"]
@@ -263,7 +263,7 @@ def test_history_compares_timestamp_then_partition_then_offset():
         "source_partition": [2, 1, 1, 0, 1],
         "source_offset": [0, 11, 10, 99, 10],
     })
-    inserts, replaced = silver.against_history(batch, history)
+    inserts, replaced = silver.against_history(batch, silver.history_matches(batch, history))
     # 0: lower partition wins; 1: same partition, lower offset; 2: the stored row itself (a rerun);
     # 3: the stored row has the lower partition; 4: the stored row is a microsecond earlier
     assert sorted(r["event_id"][-1] for r in inserts.to_pylist()) == ["0", "1"]
@@ -277,6 +277,23 @@ def test_first_arrivals_keeps_single_events_and_the_first_copy_of_repeated_ones(
                    timestamps=[KAFKA_TS, KAFKA_TS, KAFKA_TS, KAFKA_TS, KAFKA_TS + timedelta(seconds=1)])
     kept = silver.first_arrivals(silver.valid(silver.validate(frame, LIMIT))).to_pylist()
     assert sorted((r["event_id"][-1], r["source_offset"]) for r in kept) == [("0", 1), ("1", 2), ("2", 4)]
+
+
+def test_dedup_on_narrow_arrivals_then_dropping_rows_from_the_wide_facts():
+    a, b = "6f1c2a7e-3b7d-4a53-9f1e-0c6a2d9b4e41", "6f1c2a7e-3b7d-4a53-9f1e-0c6a2d9b4e42"
+    frame = bronze([raw(event_id=a), raw(event_id=a), raw(event_id=b)], partitions=[0, 0, 0], offsets=[2, 1, 3])
+    candidates = silver.valid(silver.validate(frame, LIMIT))
+    arrived = silver.arrivals(candidates)
+    assert set(arrived.column_names) == {"event_id", "kafka_timestamp", "source_partition", "source_offset",
+                                         "event_date", "user_id"}
+    history = daft.from_pydict({"event_id": [b], "kafka_timestamp": [KAFKA_TS - timedelta(days=1)],
+                                "source_partition": [0], "source_offset": [0]})
+    repeats = silver.later_copies(arrived)
+    batch = silver.without(arrived, repeats)
+    drop = repeats.concat(silver.superseded(batch, silver.history_matches(batch, history)))
+    assert sorted(r["source_offset"] for r in drop.to_pylist()) == [2, 3]
+    facts = silver.facts(silver.without(candidates, drop)).to_pylist()
+    assert [(r["event_id"], r["source_offset"]) for r in facts] == [(a, 1)] and len(facts[0]) == len(silver.FACT_COLUMNS)
 
 
 # ---- SCD2 users ---------------------------------------------------------------------------------

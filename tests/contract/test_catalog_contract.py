@@ -134,3 +134,29 @@ def test_concurrent_appends_from_two_handles_both_survive(catalog_env):
     assert not errors, errors
     got = sorted(catalog.load_table(ident).scan().to_arrow().column("id").to_pylist())
     assert got == [10, 20]
+
+
+def test_files_written_apart_commit_once_with_their_offsets(catalog_env):
+    """The ingest's two-stage write: files written first (by the writer actors), then one commit
+    that records the next offsets; a second commit planned on the same offsets is refused."""
+    from pyiceberg.io import load_file_io
+    from pyiceberg.io.pyarrow import _dataframe_to_data_files
+
+    from tasks.commits import OffsetsMovedError, append_files_with_offsets, latest_offsets
+
+    catalog, settings, namespace = catalog_env
+    table = _create(catalog, settings, namespace)
+    table.transaction().set_properties({"commit.retry.num-retries": "0"}).commit_transaction()
+    table = table.refresh()
+    io = load_file_io(dict(table.io.properties), table.metadata.location)
+    files = [f for rows in (_rows((1, "I")), _rows((2, "II"), (3, "III")))
+             for f in _dataframe_to_data_files(table.metadata, rows, io, write_uuid=uuid.uuid4())]
+
+    snapshot = append_files_with_offsets(table, files, {}, {"t": {0: 3}}, "run-1", {"records": 3})
+    with pytest.raises(OffsetsMovedError):  # planned on the old (empty) offsets: refused, nothing added
+        append_files_with_offsets(table, files, {}, {"t": {0: 3}}, "run-2", {"records": 3})
+
+    table = table.refresh()
+    assert table.current_snapshot().snapshot_id == snapshot
+    assert latest_offsets(table) == {"t": {0: 3}}
+    assert sorted(table.scan().to_arrow().column("id").to_pylist()) == [1, 2, 3]

@@ -669,7 +669,8 @@ def child_duckdb(ns) -> None:
                     TO '{out_dir / 'rejected.parquet'}' (FORMAT parquet, COMPRESSION zstd)""")
     t = mark("write_parquet", t)
     core = time.monotonic() - began
-    # SCD2 users, as commit_users does: every fact of the touched users, versions by lag/lead.
+    # SCD2 users from every fact of the touched users, versions by lag/lead (commit_users rebuilds
+    # only the touched users the batch disrupts; here, as a reference, all of them).
     all_files = "[" + ", ".join(f"'{task.file.file_path.removeprefix('file://')}'"
                                 for task in facts_table.scan().plan_files()) + "]"
     con.execute(f"""

@@ -58,6 +58,7 @@ class SilverReport:
     duplicates_dropped: int = 0
     replaced_by_earlier_arrival: int = 0
     users_touched: int = 0
+    users_rebuilt: int = 0  # touched users whose SCD2 versions were rebuilt from their facts
     reasons: dict[str, int] = field(default_factory=dict)
     committed: dict[str, int] = field(default_factory=dict)  # table -> snapshot id
     seconds: float = 0.0
@@ -256,6 +257,7 @@ def silver_flow(
     report.users_touched = len(promoted.detail["users"])
     crash_if("facts-committed", crash_at)
     dimension = commit_users(settings, plan, checked, promoted.detail["users"])
+    report.users_rebuilt = dimension.detail["rebuilt"]
     for spec, outcome in zip(SILVER_TABLES, (quarantined, promoted, dimension)):
         if outcome.snapshot_id is not None:
             report.committed[spec.identifier] = outcome.snapshot_id

@@ -360,10 +360,10 @@ def check_events(values: list, kafka_us: list, max_value_bytes: int) -> list[tup
 _WS = r"[ \t]*"
 _TEXT = r'"[ !#-\[\]-~]*"'  # printable ASCII, no quote, no backslash
 _UUID_TEXT = r'"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"'
-# UTC only, whole seconds or milli/microseconds: the forms datetime.fromisoformat agrees on with the
-# vector parse below (which also round-trips the date and time, so Feb 30 or 24:00 fall back).
+# UTC only, whole seconds or milli/microseconds: forms where datetime.fromisoformat and Arrow's cast
+# agree (Arrow refuses Feb 30, 24:00 or :60 as Python does; then ``_parse_time`` decides, one by one).
 _UTC_TIME = r'"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{3}(?:[0-9]{3})?)?(?:Z|\+00:00)"'
-_LATENCY = r"(?:0|[1-9][0-9]{0,8})(?:\.[0-9]{1,15})?"  # non-negative, exact as a float, no exponent
+_LATENCY = r"(?:0|[1-9][0-9]{0,8})(?:\.[0-9]{1,15})?"  # non-negative, no exponent: Arrow parses it as Python does
 
 
 def _members(*pairs: tuple[str, str]) -> str:
@@ -399,14 +399,12 @@ _SHAPE = (
 )
 
 _SHAPED_SCHEMA = pa.schema([
-    (name, kind) for name, kind in (
-        ("event_id", pa.string()), ("event_type", pa.string()), ("schema_version", pa.int64()),
-        ("occurred_at", pa.string()),
-        ("user_id", pa.string()), ("user_plan", pa.string()), ("user_country", pa.string()),
-        ("direction", pa.string()), ("input", pa.string()), ("output", pa.string()), ("success", pa.bool_()),
-        ("error_code", pa.string()), ("latency_ms", pa.float64()), ("endpoint", pa.string()),
-        ("http_status", pa.int64()), ("client", pa.string()), ("region", pa.string()), ("cache_hit", pa.bool_()),
-    )
+    ("event_id", pa.string()), ("event_type", pa.string()), ("schema_version", pa.int64()),
+    ("occurred_at", pa.string()), ("user_id", pa.string()), ("user_plan", pa.string()),
+    ("user_country", pa.string()), ("direction", pa.string()), ("input", pa.string()), ("output", pa.string()),
+    ("success", pa.bool_()), ("error_code", pa.string()), ("latency_ms", pa.float64()),
+    ("endpoint", pa.string()), ("http_status", pa.int64()), ("client", pa.string()), ("region", pa.string()),
+    ("cache_hit", pa.bool_()),
 ])
 _NUMERALS = pa.array(NUMERALS[1:], pa.string())  # value n at index n - 1
 
@@ -484,10 +482,13 @@ def _fast_rows(values: pa.Array, kafka_us: pa.Array, positions: pa.Array) -> tup
 
     taken = doc.filter(accepted)
     n = taken.num_rows
-    col = lambda name: taken.column(name).combine_chunks() if n else pa.array([], doc.schema.field(name).type)  # noqa: E731
+
+    def col(name: str) -> pa.Array:
+        return taken.column(name).combine_chunks() if n else pa.array([], doc.schema.field(name).type)
+
     arrays = {
         "event_id": col("event_id"),
-        "event_type": pa.array(["conversion"] * n, pa.string()) if n else pa.array([], pa.string()),
+        "event_type": pa.array(["conversion"] * n, pa.string()),
         "schema_version": col("schema_version").cast(pa.int32()),
         "occurred_at_us": occurred_us.filter(accepted),
         "user_id": col("user_id"),

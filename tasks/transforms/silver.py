@@ -11,6 +11,7 @@ import hashlib
 import daft
 import pyarrow as pa
 from daft import DataFrame, DataType, col, lit
+from daft.functions import when
 
 from tasks.transforms.contract import PARSED_TYPE, check_values
 
@@ -49,8 +50,6 @@ def validate(bronze: DataFrame, max_value_bytes: int) -> DataFrame:
         col("bronze_snapshot_id"),
         _check_values(col("value"), kafka_us, max_value_bytes),
     )
-    from daft.functions import when
-
     rejected_value = when(col("reason_codes").list_count() > 0, then=col("value"))  # otherwise null
     return checked.with_columns({
         "occurred_at": col("occurred_at_us").cast(DataType.timestamp("us", "UTC")),
@@ -142,10 +141,9 @@ def against_history(batch: DataFrame, matches: DataFrame) -> tuple[DataFrame, Da
     that arrived after the stored one, or are the stored one, are duplicates and are dropped.
     """
     later = matches.where(~col("earlier")).select("event_id")  # a stored copy came first (or is this one)
-    replaced = matches.where(col("earlier")).select("event_id").join(later, on="event_id", how="anti", strategy="broadcast")
+    earlier = matches.where(col("earlier")).select("event_id")
+    replaced = earlier.join(later, on="event_id", how="anti", strategy="broadcast")
     return batch.join(later, on="event_id", how="anti", strategy="broadcast"), replaced
-
-
 
 
 def arrivals(events: DataFrame) -> DataFrame:
@@ -218,7 +216,8 @@ def user_versions(events: DataFrame) -> DataFrame:
 def events_of(facts: DataFrame, users: DataFrame) -> DataFrame:
     """The facts of ``users`` (a ``user_id`` column), as user_versions needs them.
 
-    A hash semi-join: filtering with is_in over thousands of ids costs several times more.
+    A semi-join with the ids broadcast: filtering with is_in over thousands of ids costs several
+    times more.
     """
     return facts.select("user_id", "occurred_at", "event_id", "user_plan", "user_country").join(
         users.select("user_id"), on="user_id", how="semi", strategy="broadcast"

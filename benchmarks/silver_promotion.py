@@ -379,6 +379,7 @@ def run_measured(mode: str, args: list[str], workdir: Path, interval: float, scr
     out = workdir / f"{mode}-{time.time_ns()}.json"
     log = out.with_suffix(".log")
     cmd = [sys.executable, str(Path(script).resolve()), mode, "--out", str(out), *args]
+    load_before = round(os.getloadavg()[0], 2)  # the machine is shared: other work skews wall times
     began = time.monotonic()
     with open(log, "w") as logf:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=logf, stderr=subprocess.STDOUT)
@@ -392,6 +393,7 @@ def run_measured(mode: str, args: list[str], workdir: Path, interval: float, scr
         return {"failed": True, "rc": rc, "log": str(log)}
     result = json.loads(out.read_text())
     result["process_seconds"] = round(elapsed, 2)
+    result["load_avg_1m"] = {"before": load_before, "after": round(os.getloadavg()[0], 2)}
     # CPU seconds of the process tree (not of Ray workers): steadier than wall time on a busy machine
     result["process_cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 2)
     result["memory"] = sampler.summary(result.get("ray_job"), result.pop("timeline", None))
@@ -768,8 +770,10 @@ def promotion_summary(run: dict, events: int) -> dict:
         "records_per_s": round(events / run["flow_seconds"]),
         "tasks_seconds": run["tasks"],
         "report": {k: report[k] for k in ("bronze_records", "facts", "rejected", "duplicates_dropped",
-                                         "replaced_by_earlier_arrival", "users_touched", "reasons")},
+                                         "replaced_by_earlier_arrival", "users_touched", "users_rebuilt", "reasons")
+                   if k in report},
         "memory": run["memory"],
+        "load_avg_1m": run.get("load_avg_1m"),
         "log": run["log"],
     }
 

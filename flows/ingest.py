@@ -170,7 +170,12 @@ def ingest_flow(
 def _ingest_batch(settings: Settings, limits: BatchLimits, crash_at: str | None, logger) -> dict:
     began = time.monotonic()
     run_id = str(uuid.uuid4())
-    plan = plan_batch(settings, limits, run_id)
+    if settings.ray_address:  # join the cluster while the batch is planned: both take a moment
+        planned = plan_batch.submit(settings, limits, run_id)
+        use_ray(settings)
+        plan = planned.result()
+    else:  # in-process Ray costs seconds to start: only when there is something to read
+        plan = plan_batch(settings, limits, run_id)
     report = BatchReport(run_id=run_id, topic=plan.topic, lost_to_retention=sum(plan.lost_to_retention.values()))
     if plan.lost_to_retention:
         logger.error("records expired from Kafka before bronze read them: %s", plan.lost_to_retention)

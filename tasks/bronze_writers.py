@@ -19,6 +19,7 @@ import hashlib
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -45,8 +46,8 @@ class WrittenRange:
     records: int
     bytes: int
     data_files: list["DataFile"]
-    read_seconds: float = 0.0  # Kafka to Arrow
-    write_seconds: float = 0.0  # Arrow to Parquet files in the table's location
+    read_seconds: float = 0.0  # Kafka to Arrow, until the last chunk was read
+    write_seconds: float = 0.0  # Arrow to Parquet files in the table's location (overlaps the reading)
 
 
 def write_partition_range(
@@ -61,7 +62,7 @@ def write_partition_range(
     """Read one partition range and write it as data files of the table, uncommitted.
 
     Each chunk of about ``chunk_bytes`` is written as soon as it is read, so memory is bounded by
-    the chunk, whatever the batch size.
+    two chunks, whatever the batch size.
     """
     from pyiceberg.io import load_file_io
     from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
@@ -69,20 +70,32 @@ def write_partition_range(
     io = load_file_io(io_properties, table_metadata.location)
     progress = ReadProgress(wanted.start)
     files: list = []
-    read_seconds = write_seconds = 0.0
-    mark = time.perf_counter()
-    for chunk in read_chunks(wanted, bootstrap, ingested_at, run_id, progress, chunk_bytes):
-        got = time.perf_counter()
-        read_seconds += got - mark
+    write_seconds = 0.0
+
+    def write(chunk) -> list:
+        nonlocal write_seconds
+        began = time.perf_counter()
         _check_pyarrow_schema_compatible(
             table_metadata.schema(), provided_schema=chunk.schema, format_version=table_metadata.format_version
         )
         # a write uuid per chunk: file names stay unique across chunks and actors
-        files += _dataframe_to_data_files(table_metadata, chunk, io, write_uuid=uuid.uuid4())
-        del chunk
-        mark = time.perf_counter()
-        write_seconds += mark - got
-    read_seconds += time.perf_counter() - mark
+        out = list(_dataframe_to_data_files(table_metadata, chunk, io, write_uuid=uuid.uuid4()))
+        write_seconds += time.perf_counter() - began
+        return out
+
+    # One chunk is written (Parquet encoding and upload release the GIL) while the next is read:
+    # at most two chunks in memory.
+    began = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bronze-write") as writer:
+        pending = None
+        for chunk in read_chunks(wanted, bootstrap, ingested_at, run_id, progress, chunk_bytes):
+            if pending is not None:
+                files += pending.result()
+            pending = writer.submit(write, chunk)
+            del chunk
+        read_seconds = time.perf_counter() - began
+        if pending is not None:
+            files += pending.result()
     return WrittenRange(wanted.topic, wanted.partition, wanted.start, progress.next_offset, progress.records,
                         progress.bytes, files, round(read_seconds, 3), round(write_seconds, 3))
 

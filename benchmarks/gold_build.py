@@ -363,10 +363,8 @@ def child_gold(ns) -> None:
 
     import flows.gold as fg
 
-    # The lakehouse is private, and so are its table locks: the stack's locks are shared with every
-    # other gold run against this Prefect server (tests, other benchmarks), and waiting for those
-    # is not this build's cost. Each acquisition is still one request to the server.
-    fg.lock_name = lambda identifier: f"bench-gold:{identifier}"
+    # The lakehouse is private, and so are its table locks (they are named by catalog): the stack's
+    # locks are not waited on. Each acquisition is still one request to the server.
     warm = time.monotonic()
     warm_up(settings, ns.runner)
     warmup = time.monotonic() - warm
@@ -405,12 +403,12 @@ def child_gold(ns) -> None:
             timeline.append((key, wall, time.time()))
 
     fg._replace = timed_replace
-    lock = fg._lock_tables  # one request for the locks of every table a task commits
+    lock = fg.table_lock  # one request for the locks of every table a task commits
 
     @contextlib.contextmanager
-    def timed_lock(identifiers):
+    def timed_lock(settings, *identifiers):
         t = time.monotonic()
-        with lock(identifiers):
+        with lock(settings, *identifiers):
             spans["table_lock_wait"] = round(spans.get("table_lock_wait", 0) + time.monotonic() - t, 3)
             held = time.monotonic()
             try:
@@ -418,7 +416,7 @@ def child_gold(ns) -> None:
             finally:
                 spans["table_lock_held"] = round(spans.get("table_lock_held", 0) + time.monotonic() - held, 3)
 
-    fg._lock_tables = timed_lock
+    fg.table_lock = timed_lock
     profiler = None
     if ns.profile:
         import cProfile

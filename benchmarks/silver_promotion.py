@@ -441,9 +441,9 @@ def child_promote(ns) -> None:
         lock = fs.table_lock
 
         @contextlib.contextmanager
-        def timed_lock(identifier):
+        def timed_lock(*args):
             t = time.monotonic()
-            with lock(identifier):
+            with lock(*args):
                 spans["table_lock_wait"] = round(spans.get("table_lock_wait", 0) + time.monotonic() - t, 3)
                 yield
 

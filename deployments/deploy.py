@@ -28,12 +28,12 @@ class DeployResult:
     deployments: list[str] = field(default_factory=list)
 
 
-async def _ensure_pool_and_limits(api_url: str) -> tuple[bool, list[str]]:
+async def _ensure_pool_and_limits(settings: Settings) -> tuple[bool, list[str]]:
     from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
 
-    async with PrefectClient(api=api_url) as client:
+    async with PrefectClient(api=settings.prefect_api_url) as client:
         try:
             await client.read_work_pool(POOL)
             pool_created = False
@@ -43,7 +43,7 @@ async def _ensure_pool_and_limits(api_url: str) -> tuple[bool, list[str]]:
         existing = {limit.name for limit in await client.read_global_concurrency_limits(limit=200)}
         created = []
         for spec in ALL_TABLES:
-            name = lock_name(spec.identifier)
+            name = lock_name(spec.identifier, settings)
             if name not in existing:
                 await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
                 created.append(name)
@@ -64,7 +64,7 @@ def deploy(settings: Settings) -> DeployResult:
     import os
 
     result = DeployResult()
-    result.pool_created, result.limits_created = asyncio.run(_ensure_pool_and_limits(settings.prefect_api_url))
+    result.pool_created, result.limits_created = asyncio.run(_ensure_pool_and_limits(settings))
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_")},
         "PREFECT_API_URL": settings.prefect_api_url,

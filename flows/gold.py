@@ -12,7 +12,6 @@ a late day touches most users, and their facts span every day.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import uuid
@@ -21,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
-from typing import Iterator, Optional
+from typing import Optional
 
 import daft
 import pyarrow as pa
@@ -55,7 +54,7 @@ from tasks.tables import (
     TableSpec,
     ensure_table,
 )
-from tasks.orchestration import TRANSIENT_RETRY, emit_table_committed, lock_name, publish_counts
+from tasks.orchestration import TRANSIENT_RETRY, emit_table_committed, publish_counts, table_lock
 from tasks.transforms import gold
 
 UPSTREAM = SILVER_FACT_CONVERSIONS.identifier
@@ -118,22 +117,6 @@ def plan_gold(settings: Settings, run_id: str, full: bool) -> GoldPlan:
 def _built(spec: TableSpec, plan: GoldPlan) -> bool:
     """Already built up to the plan's silver snapshot (a rerun after a crash between tables)."""
     return plan.watermarks[spec.identifier] == plan.upto and not plan.full
-
-
-@contextlib.contextmanager
-def _lock_tables(identifiers: list[str]) -> Iterator[None]:
-    """The locks of every gold table in one request (tasks.orchestration.table_lock takes one),
-    held from planning to the last commit.
-
-    The server grants all of them or none, so there is no deadlock. Gold builds run one at a time:
-    a second one waits, then plans from the first one's watermarks instead of failing its commit
-    check. And a busy Prefect server can take seconds per request: one request per table and
-    commit cost more than the commits of a one-day build."""
-    from prefect.concurrency.sync import concurrency
-
-    with concurrency([lock_name(i) for i in identifiers], occupy=1, strict=False, timeout_seconds=600,
-                     lease_duration=60):
-        yield
 
 
 def _replace(settings: Settings, spec: TableSpec, plan: GoldPlan, rows: pa.Table | None, delete_filter,
@@ -278,7 +261,9 @@ def gold_flow(full: bool = False, silver_snapshot_id: Optional[int] = None, sett
     settings = settings or load_settings()
     began = time.monotonic()
     use_ray(settings)  # before any Daft work: the runner can be chosen only once per process
-    with _lock_tables([spec.identifier for spec in GOLD_TABLES]):
+    # Every gold table's lock, in one request, from planning to the last commit: gold builds run one
+    # at a time, and a second one waits, then plans from the first one's watermarks.
+    with table_lock(settings, *(spec.identifier for spec in GOLD_TABLES)):
         plan = plan_gold(settings, str(uuid.uuid4()), full)
         report = GoldReport(run_id=plan.run_id, full=full)
         if plan.upto is None:

@@ -118,7 +118,7 @@ def commit_batch(settings: Settings, plan: BatchPlan, batches: list[WrittenRange
     table = ensure_table(open_catalog(settings), settings, BRONZE_CONVERSION_EVENTS_RAW)
     next_offsets = {t: dict(ps) for t, ps in plan.expected.items()}
     next_offsets.setdefault(plan.topic, {}).update({b.partition: b.next_offset for b in batches})
-    with table_lock(BRONZE_CONVERSION_EVENTS_RAW.identifier):
+    with table_lock(settings, BRONZE_CONVERSION_EVENTS_RAW.identifier):
         return append_files_with_offsets(
             table, [f for b in batches for f in b.data_files], plan.expected, next_offsets, plan.run_id,
             report.as_dict(), on_stage=lambda stage: crash_if(stage, crash_at),

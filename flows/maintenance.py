@@ -7,6 +7,8 @@ everything and lists what would be rewritten or deleted, and changes nothing.
 
 from __future__ import annotations
 
+from functools import partial
+
 from typing import Optional
 
 from prefect import flow, get_run_logger, task
@@ -22,7 +24,7 @@ from tasks.tables import ALL_TABLES, TableSpec
 @task(**TRANSIENT_RETRY)  # a rerun re-plans: compaction and expiry are idempotent
 def maintain(settings: Settings, spec: TableSpec, dry_run: bool, watermarks: list[int]) -> dict:
     table = open_catalog(settings).load_table(spec.identifier)
-    return maintain_table(table, settings, spec.layer, dry_run=dry_run, lock=table_lock,
+    return maintain_table(table, settings, spec.layer, dry_run=dry_run, lock=partial(table_lock, settings),
                           watermarks=watermarks)
 
 

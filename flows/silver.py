@@ -101,7 +101,7 @@ def _commit(settings, spec: TableSpec, plan: SilverPlan, rows, facts: dict, dele
         RUN_ID_KEY: plan.run_id,
         REPORT_KEY: json.dumps(facts, sort_keys=True, default=str),
     }
-    with table_lock(spec.identifier):
+    with table_lock(settings, spec.identifier):
         return commit_rows(
             table,
             conform(rows, table),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -10,6 +11,8 @@ from typing import Any, Iterator, Mapping
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+
+from tasks.settings import Settings
 
 COMMITTED_EVENT = "lakehouse.table.committed"
 RETRY_DELAYS = [2, 10, 30]
@@ -19,22 +22,27 @@ def table_resource(identifier: str) -> str:
     return f"lakehouse.table.{identifier}"
 
 
-def lock_name(identifier: str) -> str:
-    """The global concurrency limit guarding writes to one table (created by `lakehouse deploy`)."""
-    return f"table:{identifier}"
+def lock_name(identifier: str, settings: Settings) -> str:
+    """The global concurrency limit guarding writes to one table of one catalog (created by
+    `lakehouse deploy`). Qualified by the catalog, so two lakehouses on one Prefect server (a test's
+    private catalog beside the stack's) never wait on each other."""
+    catalog = hashlib.sha256((settings.catalog_uri or "").encode()).hexdigest()[:8]
+    return f"table:{identifier}@{settings.catalog_name}-{catalog}"
 
 
 @contextlib.contextmanager
-def table_lock(identifier: str) -> Iterator[None]:
-    """Hold the table's global concurrency slot while committing, so two writers never race.
+def table_lock(settings: Settings, *identifiers: str) -> Iterator[None]:
+    """Hold the tables' global concurrency slots while committing, so two writers never race.
 
-    Without `lakehouse deploy` the limit does not exist and this does not block: the commit's own
+    Several tables are taken in one request: the server grants all or none, so no deadlock.
+    Without `lakehouse deploy` the limits do not exist and this does not block: the commit's own
     optimistic check still refuses a stale writer.
     """
     from prefect.concurrency.sync import concurrency
 
     # The shortest lease the server takes: a writer killed mid-commit frees its slot within a minute.
-    with concurrency(lock_name(identifier), occupy=1, strict=False, timeout_seconds=600, lease_duration=60):
+    with concurrency([lock_name(i, settings) for i in identifiers], occupy=1, strict=False, timeout_seconds=600,
+                     lease_duration=60):
         yield
 
 

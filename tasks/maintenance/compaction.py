@@ -308,7 +308,8 @@ def compact_table(
 ) -> dict:
     """Compact the table's old partitions; returns a report (the plan only, when ``dry_run``).
 
-    ``lock(identifier)`` is held around each commit (the flow passes tasks.orchestration.table_lock).
+    ``lock(identifier)`` is held around each commit (the flow passes tasks.orchestration.table_lock
+    bound to its settings).
     ``on_stage(stage, (spec_id, partition))`` is called at "files-written" (new files validated,
     before the commit is built) and "commit-staged" (just before the catalog commit): test hooks.
     """

@@ -155,11 +155,10 @@ def append_with_offsets(
     on_stage: Callable[[str], None] = lambda stage: None,
 ) -> int:
     """Append bronze rows in one snapshot that records ``next_offsets``; refuse if offsets moved."""
-    summary = _offsets_summary(next_offsets, run_id, report)
-    try:
-        return commit_rows(table, rows, summary, lambda t: latest_offsets(t) == expected, on_stage=on_stage)
-    except StaleCommitError as exc:
-        raise OffsetsMovedError(str(exc)) from exc
+    return _commit_with_offsets(
+        lambda summary, current: commit_rows(table, rows, summary, current, on_stage=on_stage),
+        expected, next_offsets, run_id, report,
+    )
 
 
 def append_files_with_offsets(
@@ -172,9 +171,21 @@ def append_files_with_offsets(
     on_stage: Callable[[str], None] = lambda stage: None,
 ) -> int:
     """``append_with_offsets`` for bronze files the ingest writers already wrote."""
-    summary = _offsets_summary(next_offsets, run_id, report)
+    return _commit_with_offsets(
+        lambda summary, current: commit_files(table, data_files, summary, current, on_stage=on_stage),
+        expected, next_offsets, run_id, report,
+    )
+
+
+def _commit_with_offsets(
+    commit: Callable[[Mapping[str, str], Callable[[Table], bool]], int],
+    expected: Offsets,
+    next_offsets: Offsets,
+    run_id: str,
+    report: Mapping[str, object],
+) -> int:
     try:
-        return commit_files(table, data_files, summary, lambda t: latest_offsets(t) == expected, on_stage=on_stage)
+        return commit(_offsets_summary(next_offsets, run_id, report), lambda t: latest_offsets(t) == expected)
     except StaleCommitError as exc:
         raise OffsetsMovedError(str(exc)) from exc
 

@@ -58,7 +58,7 @@ def consumer_config(bootstrap: str, group: str | None = None) -> dict:
         "auto.offset.reset": "earliest",
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
-        "queued.max.messages.kbytes": 65536,
+        "queued.max.messages.kbytes": 16384,  # prefetch per consumer: part of a writer actor's memory
         "log_level": 3,
     }
     return config
@@ -75,17 +75,6 @@ class PartitionRange:
     max_records: int
     max_bytes: int
     deadline: float  # time.time() after which the reader stops
-
-
-@dataclass(frozen=True)
-class PartitionBatch:
-    topic: str
-    partition: int
-    start: int
-    next_offset: int
-    records: int
-    bytes: int
-    table: "pa.Table"
 
 
 def watermarks(settings: Settings, topic: str) -> dict[int, tuple[int, int]]:
@@ -176,16 +165,6 @@ def read_chunks(
         consumer.close()
     if len(columns):
         yield records_to_arrow(wanted.topic, wanted.partition, columns, ingested_at, run_id)
-
-
-def read_partition(wanted: PartitionRange, bootstrap: str, ingested_at: "datetime", run_id: str) -> PartitionBatch:
-    """Read one partition range into one table of bronze rows (``read_chunks``, concatenated)."""
-    from tasks.transforms.bronze import concat_batches
-
-    progress = ReadProgress(wanted.start)
-    table = concat_batches(list(read_chunks(wanted, bootstrap, ingested_at, run_id, progress)))
-    return PartitionBatch(wanted.topic, wanted.partition, wanted.start, progress.next_offset, progress.records,
-                          progress.bytes, table)
 
 
 def commit_group_offsets(settings: Settings, topic: str, next_offsets: dict[int, int]) -> None:

@@ -113,7 +113,8 @@ def read_bronze_increment(increment: Increment, io_config: daft.io.IOConfig) -> 
             }
         )
     )
-    return rows.join(runs, on="ingest_run_id", how="left").exclude("ingest_run_id")
+    # a handful of runs: broadcast them rather than shuffle every bronze row (on Ray)
+    return rows.join(runs, on="ingest_run_id", how="left", strategy="broadcast").exclude("ingest_run_id")
 
 
 def day_bounds(days: list[date]) -> tuple[datetime, datetime] | None:

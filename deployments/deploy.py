@@ -15,6 +15,7 @@ from tasks.tables import ALL_TABLES
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 POOL = "lakehouse"
+ZOMBIE_AUTOMATION = "lakehouse: crash flow runs whose process is gone"
 
 
 class DeployError(RuntimeError):
@@ -40,6 +41,8 @@ async def _ensure_pool_and_limits(settings: Settings) -> tuple[bool, list[str]]:
         except ObjectNotFound:
             await client.create_work_pool(WorkPoolCreate(name=POOL, type="process"))
             pool_created = True
+        if not await client.read_automations_by_name(ZOMBIE_AUTOMATION):
+            await client.create_automation(_zombie_automation())
         existing = {limit.name for limit in await client.read_global_concurrency_limits(limit=200)}
         created = []
         for spec in ALL_TABLES:
@@ -48,6 +51,33 @@ async def _ensure_pool_and_limits(settings: Settings) -> tuple[bool, list[str]]:
                 await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
                 created.append(name)
     return pool_created, created
+
+
+def _zombie_automation():
+    """Crash a worker's flow run whose process stopped sending heartbeats (the worker sets
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY): a run killed with its machine or by `lakehouse stack down`
+    would otherwise stay Running and hold its deployment's one slot forever."""
+    from datetime import timedelta
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    return AutomationCore(
+        name=ZOMBIE_AUTOMATION,
+        description="A flow run with no heartbeat for 3 minutes is marked Crashed, freeing its slot.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+            match={"prefect.resource.id": ["prefect.flow-run.*"]},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=180),  # six missed heartbeats: never a busy run on a loaded box
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message="no heartbeat for 3 minutes: its process is gone")],
+    )
 
 
 async def _deployment_names(api_url: str) -> list[str]:

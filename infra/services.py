@@ -512,7 +512,9 @@ class PrefectWorker(Service):
 
     def launch(self) -> tuple[list[str], dict[str, str]]:
         env = {**self.base_env(), **self.settings.as_env(), **prefect_env(self.settings),
-               **ray_env(self.settings), "LAKEHOUSE_PROJECT_DIR": str(INFRA.parent)}
+               **ray_env(self.settings), "LAKEHOUSE_PROJECT_DIR": str(INFRA.parent),
+               # the runs it starts send heartbeats; `lakehouse deploy` crashes the ones that stop
+               "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
         prefect = str(Path(sys.executable).with_name("prefect"))
         return [prefect, "worker", "start", "--pool", self.pool, "--type", "process", "--limit", "4",
                 "--name", f"lakehouse-{os.uname().nodename}"], env

@@ -64,6 +64,10 @@ def test_deploy_is_idempotent_and_registers_every_deployment(deployed):
     assert limit is not None and limit.limit == 1
     assert by_name["ingest"].concurrency_options.collision_strategy.value == "CANCEL_NEW"
     assert by_name["silver"].concurrency_options.collision_strategy.value == "ENQUEUE"
+    from deployments.deploy import ZOMBIE_AUTOMATION
+
+    zombies = call(settings, lambda c: c.read_automations_by_name(ZOMBIE_AUTOMATION))
+    assert len(zombies) == 1 and zombies[0].enabled  # created once, whatever the number of deploys
 
 
 def _runs(settings, deployment: str, since: datetime):

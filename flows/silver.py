@@ -84,9 +84,13 @@ def plan_silver(settings: Settings, run_id: str) -> SilverPlan:
 
 @task(**TRANSIENT_RETRY)
 def check_bronze(settings: Settings, plan: SilverPlan):
-    """Validate the increment once and keep it: facts and quarantine both come from it."""
+    """Validate the increment once and keep it: facts and quarantine both come from it.
+
+    Kept as one in-memory partition: on Ray every later join, groupby or window over the many
+    partitions of a collected scan shuffles them (seconds each on a small box), while over one
+    partition it runs in a single task. Validation itself still runs in parallel."""
     bronze = read_bronze_increment(plan.increment, io_config(settings))
-    return silver.validate(bronze, settings.silver_max_value_bytes).collect()
+    return daft.from_arrow(silver.validate(bronze, settings.silver_max_value_bytes).to_arrow())
 
 
 def _commit(settings, spec: TableSpec, plan: SilverPlan, rows, facts: dict, delete_filter=None) -> int | None:
@@ -211,7 +215,8 @@ def commit_users(settings: Settings, plan: SilverPlan, checked, users: list[str]
     if events is None:
         rows = pa.table({name: pa.array([], pa.null()) for name in silver.DIM_USER_COLUMNS})
     else:
-        rows = silver.user_versions(events).to_arrow()
+        # the windows run over one in-memory partition: over the scan's partitions Ray shuffles them
+        rows = silver.user_versions(daft.from_arrow(events.to_arrow())).to_arrow()
     get_run_logger().info("dim_users: %d of %d touched users rebuilt", len(rebuild), len(users))
     snapshot = _commit(settings, SILVER_DIM_USERS, plan, rows,
                        {"users": len(users), "rebuilt": len(rebuild), "versions": rows.num_rows},

@@ -71,12 +71,21 @@ def test_deploy_is_idempotent_and_registers_every_deployment(deployed):
 
 
 def _runs(settings, deployment: str, since: datetime):
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterStartTime
+    """The deployment's runs that started after ``since``. Scheduled runs are left out: they have
+    no start time yet, the filter lets them through, and the schedules create dozens of them."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterStartTime, FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
 
     return call(settings, lambda c: c.read_flow_runs(
         deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
-        flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)),
-        limit=50,
+        flow_run_filter=FlowRunFilter(
+            start_time=FlowRunFilterStartTime(after_=since),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED, StateType.PENDING])),
+        ),
+        limit=200,
     ))
 
 

@@ -89,22 +89,31 @@ def test_odd_values_land_byte_for_byte_and_offsets_are_contiguous(topic_settings
         b'{"event_id": 5, "latency_ms": "fast"}',
         b"x" * (3 * 1024 * 1024),
     ]
-    producer = Producer({"bootstrap.servers": topic_settings.kafka_bootstrap, "message.max.bytes": 8 * 1024 * 1024})
-    sent = []
+    # Idempotence keeps the send order through retries; the delivery reports say which offset
+    # each value got, so the check below is per offset, not per position.
+    producer = Producer({"bootstrap.servers": topic_settings.kafka_bootstrap, "message.max.bytes": 8 * 1024 * 1024,
+                         "enable.idempotence": True})
+    sent: dict[int, bytes | None] = {}
+
+    def delivered(err, message):
+        assert err is None, err
+        sent[message.offset()] = message.value()
+
     # Uneven spread: partition 0 gets most records, partition 2 only the odd ones.
     for i in range(300):
         producer.produce(topic_settings.kafka_topic, value=f'{{"n": {i}}}'.encode(), partition=0 if i % 10 else 1)
     for value in odd:
-        producer.produce(topic_settings.kafka_topic, value=value, key=b"odd", partition=2, headers=[("h", b"v")])
-        sent.append(value)
+        producer.produce(topic_settings.kafka_topic, value=value, key=b"odd", partition=2, headers=[("h", b"v")],
+                         on_delivery=delivered)
     assert producer.flush(30) == 0
+    assert sorted(v or b"" for v in sent.values()) == sorted(v or b"" for v in odd)
 
     report = ingest_flow(settings=topic_settings)
     assert report["records"] == 300 + len(odd) and report["lag_left"] == 0
     rows = assert_exactly_once(topic_settings, 300 + len(odd))
 
     odd_rows = rows.filter(pc.equal(rows.column("partition"), 2)).sort_by("offset")
-    assert odd_rows.column("value").to_pylist() == sent
+    assert dict(zip(odd_rows.column("offset").to_pylist(), odd_rows.column("value").to_pylist())) == sent
     assert odd_rows.column("key").to_pylist() == [b"odd"] * len(odd)
     assert odd_rows.column("headers").to_pylist()[0] == [{"key": "h", "value": b"v"}]
     for partition, count in ((0, 270), (1, 30), (2, len(odd))):

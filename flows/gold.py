@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from dataclasses import asdict, dataclass, field
@@ -143,10 +142,7 @@ def _replace_all(settings: Settings, plan: GoldPlan, changes: list[tuple], catal
     todo = [change for change in changes if not _built(change[0], plan)]
     if not todo:
         return {}
-    # commit_rows silences "did not match any records" with catch_warnings, which is not thread-safe
-    # (the filters are global): silence it here for all the threads
-    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="gold-commit") as pool:
-        warnings.filterwarnings("ignore", "Delete operation did not match any records", UserWarning)
+    with ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="gold-commit") as pool:
         commits = {spec.identifier: pool.submit(copy_context().run, _replace, settings, spec, plan, rows, where,
                                                 report, catalog)
                    for spec, rows, where, report in todo}

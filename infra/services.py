@@ -16,6 +16,7 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
@@ -115,6 +116,11 @@ class Service:
 
     def provision(self) -> list[str]:
         """Idempotent post-start set-up (topics, buckets, namespaces); returns what it created."""
+        return []
+
+    def recover(self, started: datetime) -> list[str]:
+        """After a fresh start at ``started``, repair what a stopped instance left behind;
+        returns what it did."""
         return []
 
     def settings_fingerprint(self) -> str:
@@ -518,6 +524,12 @@ class PrefectWorker(Service):
         prefect = str(Path(sys.executable).with_name("prefect"))
         return [prefect, "worker", "start", "--pool", self.pool, "--type", "process", "--limit", "4",
                 "--name", f"lakehouse-{os.uname().nodename}"], env
+
+    def recover(self, started: datetime) -> list[str]:
+        from infra.flow_runs import crash_orphaned_runs
+
+        crashed = crash_orphaned_runs(self.settings.prefect_api_url, self.pool, started)
+        return [f"crashed {len(crashed)} orphaned run(s) of the stopped worker: {', '.join(crashed)}"] if crashed else []
 
     def settings_fingerprint(self) -> str:
         # The flows it runs read their settings from its environment: a new profile needs a new worker.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Callable
 
 from infra.process import PidFile, listening_pids, port_in_use, spawn, stop_session
@@ -74,6 +75,7 @@ class Stack:
             report(service.name, "restarting: it runs with other settings")
             stop_session(pid, timeout=30.0)
             pid = None
+        started = None
         if pid is None:
             pid_file.remove()
             self._check_ports_free(service)
@@ -86,12 +88,16 @@ class Stack:
             command, env = service.launch()
             report(service.name, "starting")
             service.data_dir.mkdir(parents=True, exist_ok=True)
+            started = datetime.now(timezone.utc)
             pid = spawn(command, env, service.log_path, pid_file, cwd=service.data_dir)
             started_with.write_text(wanted)
         report(service.name, "waiting for health")
         self._wait_healthy(service, pid_file)
         created = service.provision()
-        report(service.name, "healthy" + (f"; created {', '.join(created)}" if created else ""))
+        notes = [f"created {', '.join(created)}"] if created else []
+        if started is not None:
+            notes += service.recover(started)
+        report(service.name, "; ".join(["healthy", *notes]))
 
     def _check_ports_free(self, service: Service) -> None:
         for port, key in service.ports().items():

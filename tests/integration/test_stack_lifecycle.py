@@ -54,6 +54,34 @@ async def _create_deployment(settings, name: str) -> str:
     return f"lifecycle-check/{name}"
 
 
+async def _strand_pending_run(settings, tag: str) -> tuple[str, str]:
+    """A run the worker made Pending (holding its deployment's only slot) but never started, as
+    when the stack stops between the two. Scheduled a day ahead so the live worker leaves it."""
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.states import Pending, Scheduled
+
+    async with PrefectClient(api=settings.prefect_api_url) as client:
+        flow_id = await client.create_flow_from_name("lifecycle-check")
+        deployment_id = await client.create_deployment(flow_id=flow_id, name=f"stranded-{tag}",
+                                                       work_pool_name="lakehouse", concurrency_limit=1)
+        run = await client.create_flow_run_from_deployment(
+            deployment_id, state=Scheduled(scheduled_time=datetime.now(timezone.utc) + timedelta(days=1)))
+        result = await client.set_flow_run_state(run.id, Pending())
+        assert result.state is not None and result.state.is_pending(), result
+    return str(run.id), f"deployment:{deployment_id}"
+
+
+async def _run_state_and_slots(settings, run_id: str, limit_name: str) -> tuple[str, int]:
+    from prefect.client.orchestration import PrefectClient
+
+    async with PrefectClient(api=settings.prefect_api_url) as client:
+        run = await client.read_flow_run(run_id)
+        limit = await client.read_global_concurrency_limit_by_name(limit_name)
+        return run.state.type.value, limit.active_slots
+
+
 async def _deployment_exists(settings, name: str) -> bool:
     from prefect.client.orchestration import PrefectClient
 
@@ -83,6 +111,8 @@ def test_up_twice_status_down_up_keeps_data(stack_settings):
     assert all("healthy" in line and "UNHEALTHY" not in line for line in lines)
 
     marks = _make_marks(stack_settings)
+    stranded, limit = asyncio.run(_strand_pending_run(stack_settings, uuid.uuid4().hex[:8]))
+    assert asyncio.run(_run_state_and_slots(stack_settings, stranded, limit)) == ("PENDING", 1)
 
     down = lakehouse("down")
     assert down.returncode == 0, down.stderr
@@ -100,4 +130,6 @@ def test_up_twice_status_down_up_keeps_data(stack_settings):
     table = open_catalog(stack_settings).load_table(marks["table"])
     assert sorted(table.scan().to_arrow().column("n").to_pylist()) == [1, 2, 3]
     assert asyncio.run(_deployment_exists(stack_settings, marks["deployment"]))
+    # the fresh worker crashed the run its predecessor left Pending, which freed the slot
+    assert asyncio.run(_run_state_and_slots(stack_settings, stranded, limit)) == ("CRASHED", 0)
     open_catalog(stack_settings).drop_table(marks["table"])

@@ -429,9 +429,23 @@ def child_promote(ns) -> None:
             finally:
                 spans[name] = round(spans.get(name, 0) + time.monotonic() - t, 3)
                 timeline.append((name, wall, time.time()))
+
+        if hasattr(fn, "submit"):  # a task the flow submits: timed from submit to its result
+            class Timed:
+                def __init__(self, future, t, wall):
+                    self.future, self.t, self.wall = future, t, wall
+
+                def result(self, *a, **kw):
+                    try:
+                        return self.future.result(*a, **kw)
+                    finally:
+                        spans[name] = round(spans.get(name, 0) + time.monotonic() - self.t, 3)
+                        timeline.append((name, self.wall, time.time()))
+
+            wrapper.submit = lambda *a, **kw: Timed(fn.submit(*a, **kw), time.monotonic(), time.time())
         return wrapper
 
-    for name in ("plan_silver", "use_ray", "check_bronze", "commit_rejected", "commit_facts", "commit_users",
+    for name in ("plan_silver", "use_ray", "plan_while_ray_starts", "check_bronze", "commit_rejected", "commit_facts", "commit_users",
                  "emit_committed", "emit_table_committed", "publish_counts"):
         if hasattr(fs, name):  # the flow's task names, as far as this version of it has them
             setattr(fs, name, timed(name, getattr(fs, name)))

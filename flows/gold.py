@@ -37,7 +37,7 @@ from tasks.commits import (
     upstream_key,
     upstream_snapshot,
 )
-from tasks.compute import use_ray
+from tasks.compute import plan_while_ray_starts, use_ray
 from tasks.scans import distinct_added, pending_range, plan_increment, read_days, read_user_rows
 from tasks.settings import Settings, load_settings
 from tasks.tables import (
@@ -256,11 +256,11 @@ def gold_flow(full: bool = False, silver_snapshot_id: Optional[int] = None, sett
         logger.info("triggered by silver snapshot %s", silver_snapshot_id)
     settings = settings or load_settings()
     began = time.monotonic()
-    use_ray(settings)  # before any Daft work: the runner can be chosen only once per process
     # Every gold table's lock, in one request, from planning to the last commit: gold builds run one
     # at a time, and a second one waits, then plans from the first one's watermarks.
     with table_lock(settings, *(spec.identifier for spec in GOLD_TABLES)):
-        plan = plan_gold(settings, str(uuid.uuid4()), full)
+        plan = plan_while_ray_starts(settings, plan_gold, settings, str(uuid.uuid4()), full)
+        use_ray(settings)  # before any Daft work: the runner can be chosen only once per process
         report = GoldReport(run_id=plan.run_id, full=full)
         if plan.upto is None:
             logger.info("gold is up to date with silver; nothing committed")

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.bronze_writers import WrittenRange, write_ranges
 from tasks.catalog import open_catalog
 from tasks.commits import Offsets, append_files_with_offsets, latest_offsets
-from tasks.compute import use_ray
+from tasks.compute import plan_while_ray_starts, use_ray
 from tasks.kafka import PartitionRange, commit_group_offsets, watermarks
 from tasks.settings import Settings, load_settings
 from tasks.tables import BRONZE_CONVERSION_EVENTS_RAW, ensure_table
@@ -170,12 +170,8 @@ def ingest_flow(
 def _ingest_batch(settings: Settings, limits: BatchLimits, crash_at: str | None, logger) -> dict:
     began = time.monotonic()
     run_id = str(uuid.uuid4())
-    if settings.ray_address:  # join the cluster while the batch is planned: both take a moment
-        planned = plan_batch.submit(settings, limits, run_id)
-        use_ray(settings)
-        plan = planned.result()
-    else:  # in-process Ray costs seconds to start: only when there is something to read
-        plan = plan_batch(settings, limits, run_id)
+    # the readers are our own warm actors, not Daft's
+    plan = plan_while_ray_starts(settings, plan_batch, settings, limits, run_id, daft_workers=False)
     report = BatchReport(run_id=run_id, topic=plan.topic, lost_to_retention=sum(plan.lost_to_retention.values()))
     if plan.lost_to_retention:
         logger.error("records expired from Kafka before bronze read them: %s", plan.lost_to_retention)

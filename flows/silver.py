@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.catalog import io_config, open_catalog
 from tasks.commits import REPORT_KEY, RUN_ID_KEY, commit_rows, conform, upstream_key, upstream_snapshot
-from tasks.compute import use_ray
+from tasks.compute import plan_while_ray_starts, use_ray
 from tasks.scans import Increment, pending_range, plan_increment, read_bronze_increment, read_days, read_users
 from tasks.settings import Settings, load_settings
 from tasks.tables import (
@@ -242,7 +242,7 @@ def silver_flow(
     if crash_at is not None and crash_at not in CRASH_POINTS:
         raise ValueError(f"crash_at must be one of {CRASH_POINTS}, got {crash_at!r}")
     began = time.monotonic()
-    plan = plan_silver(settings, str(uuid.uuid4()))
+    plan = plan_while_ray_starts(settings, plan_silver, settings, str(uuid.uuid4()))
     report = SilverReport(run_id=plan.run_id)
     if plan.increment is None:
         logger.info("silver is up to date with bronze; nothing committed")

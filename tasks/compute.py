@@ -58,6 +58,31 @@ def use_ray(settings: Settings) -> str:
     return _configured
 
 
+def start_daft_workers() -> None:
+    """Run a one-row Daft job now. On Ray, a driver's first Daft job starts Daft's actors (about
+    3 s on two cores), so a flow calls this while its planning task reads metadata rather than
+    paying it inside its first real job."""
+    import daft
+
+    daft.from_pydict({"warm": [1]}).select(daft.col("warm") + 1).to_pydict()
+
+
+def plan_while_ray_starts(settings: Settings, plan_task, *args, daft_workers: bool = True):
+    """``plan_task(*args)``, with the cluster joined (and Daft's actors started) meanwhile.
+
+    On a Ray cluster both take a second or more, so the Prefect task is submitted to a thread
+    while this thread connects. In-process Ray costs seconds to start, so it is left to the flow
+    to start only once the plan says there is work.
+    """
+    if not settings.ray_address:
+        return plan_task(*args)
+    planned = plan_task.submit(*args)
+    use_ray(settings)
+    if daft_workers:
+        start_daft_workers()
+    return planned.result()
+
+
 def map_on_ray(fn, items: list, *args, num_cpus: float = 0.25) -> list:
     """Run ``fn(item, *args)`` for every item as Ray tasks and return results in item order.
 

@@ -20,8 +20,10 @@ Each catalog is saved after setup and restored before every measured run, so eve
 the same increment into the same silver. Measured, each in its own subprocess while /proc is
 sampled (the process tree, and the Ray workers of its Ray job):
 
-1. ``silver_flow`` per runner (Daft on the stack's Ray head via ray_address=auto, or Daft's native
-   runner in-process; Daft's runner is set once per process) against ``big`` and ``small``;
+1. ``silver_flow`` per runner against ``big`` and ``small``: on the stack's Ray head via
+   ray_address=auto, where the Daft jobs run on the warm Daft host (``ray``: warm from an earlier
+   run, the steady state; ``ray-cold``: retired first, so the run starts it, as the first run
+   after a deploy or an idle spell does), or on Daft's native runner in the flow's process;
 2. DuckDB doing the same validation (SQL over the JSON: required fields, types, enums, a lookup
    table of the 3999 numerals for wrong conversions, consistency, future events), the first-arrival
    dedup within the batch and the anti-join against silver's history, over the same Parquet files
@@ -330,6 +332,7 @@ class Sampler:
                     self.hwm = max(self.hwm, st.get("VmHWM", 0))
         raylets = {pid for pid, (_, cmd) in procs.items() if "/raylet/raylet " in cmd}
         workers: dict[str, list[int]] = {}
+        hosts: set[str] = set()
         for pid, (ppid, cmd) in procs.items():
             if ppid in raylets and cmd.startswith("ray::") and "Agent" not in cmd:
                 if pid not in self.jobs:
@@ -339,11 +342,16 @@ class Sampler:
                     acc[0] += st.get("VmRSS", 0)
                     acc[1] += st.get("RssAnon", 0)
                     acc[2] += 1
-        self.samples.append({"t": time.time(), "rss": rss, "anon": anon, "shmem": shmem, "workers": workers})
+                    if "DaftHost" in cmd:  # the warm Daft host and its Daft actors: another job
+                        hosts.add(self.jobs[pid])
+        self.samples.append({"t": time.time(), "rss": rss, "anon": anon, "shmem": shmem, "workers": workers,
+                             "hosts": sorted(hosts)})
 
     def summary(self, job: str | None, timeline: list | None = None) -> dict:
         def workers(s):
-            return s["workers"].get(job, [0, 0, 0]) if job else [0, 0, 0]
+            counted = ([job] if job else []) + [h for h in s.get("hosts", []) if h != job]
+            parts = [s["workers"].get(j, [0, 0, 0]) for j in counted]
+            return [sum(p[i] for p in parts) for i in range(3)]
 
         if not self.samples:
             return {}
@@ -363,6 +371,7 @@ class Sampler:
             "samples": len(self.samples),
             "process_peak_during": _during(top["t"], timeline),
             "workers_peak_during": _during(top_workers["t"], timeline) if job else None,
+            "daft_host_jobs (counted with the workers)": sorted({h for s in self.samples for h in s.get("hosts", [])}),
         }
 
 
@@ -415,6 +424,14 @@ def child_promote(ns) -> None:
 
         daft.set_runner_native()
         compute._configured = "native"  # silver_flow's use_ray() becomes a no-op
+    elif ns.runner == "ray-cold":  # no warm Daft host: this run starts one (the first run after a deploy)
+        from tasks.compute import use_ray
+        from tasks.daft_host import NAME_PREFIX
+        from tasks.warm_actors import retire_stale
+
+        use_ray(settings)
+        retire_stale(NAME_PREFIX, keep=None)
+        time.sleep(2.0)  # let Ray reap the killed actors' processes before the clock starts
     import flows.silver as fs
 
     spans: dict[str, float] = {}
@@ -481,7 +498,7 @@ def child_promote(ns) -> None:
         pstats.Stats(profiler, stream=buf).sort_stats("cumulative").print_stats(45)
         Path(ns.out).with_suffix(".prof.txt").write_text(buf.getvalue())
     job = None
-    if ns.runner == "ray":
+    if ns.runner.startswith("ray"):
         import ray
 
         job = ray.get_runtime_context().get_job_id()
@@ -799,7 +816,8 @@ def main() -> None:
     parser.add_argument("--small-history", type=int, default=1_000_000, help="history records behind the small silver")
     parser.add_argument("--days", type=int, default=30, help="days the whole stream spans")
     parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--runners", default="ray,native", help="comma-separated: ray, native")
+    parser.add_argument("--runners", default="ray-cold,ray,native",
+                        help="comma-separated: ray-cold (the warm Daft host retired first), ray (host warm), native")
     parser.add_argument("--small-runners", default=None, help="runners for the small silver (default: --runners)")
     parser.add_argument("--upsert-rows", type=int, default=100_000)
     parser.add_argument("--interval", type=float, default=0.2, help="/proc sampling period, seconds")

@@ -13,15 +13,15 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-import daft
-from daft import col
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.catalog import io_config, open_catalog
+from tasks import silver_jobs
+from tasks.catalog import open_catalog
 from tasks.commits import REPORT_KEY, RUN_ID_KEY, commit_rows, conform, upstream_key, upstream_snapshot
 from tasks.compute import plan_while_ray_starts, use_ray
-from tasks.scans import Increment, pending_range, plan_increment, read_bronze_increment, read_days, read_users
+from tasks.daft_host import Kept, daft_jobs
+from tasks.scans import Increment, pending_range, plan_increment
 from tasks.settings import Settings, load_settings
 from tasks.tables import (
     BRONZE_CONVERSION_EVENTS_RAW,
@@ -33,7 +33,6 @@ from tasks.tables import (
     ensure_table,
 )
 from tasks.orchestration import TRANSIENT_RETRY, crash_if, emit_table_committed, publish_counts, table_lock
-from tasks.transforms import silver
 
 CRASH_POINTS = ("read", "rejected-committed", "facts-committed")
 SILVER_TABLES = (SILVER_CONVERSION_EVENTS_REJECTED, SILVER_FACT_CONVERSIONS, SILVER_DIM_USERS)
@@ -83,14 +82,10 @@ def plan_silver(settings: Settings, run_id: str) -> SilverPlan:
 
 
 @task(**TRANSIENT_RETRY)
-def check_bronze(settings: Settings, plan: SilverPlan):
-    """Validate the increment once and keep it: facts and quarantine both come from it.
-
-    Kept as one in-memory partition: on Ray every later join, groupby or window over the many
-    partitions of a collected scan shuffles them (seconds each on a small box), while over one
-    partition it runs in a single task. Validation itself still runs in parallel."""
-    bronze = read_bronze_increment(plan.increment, io_config(settings))
-    return daft.from_arrow(silver.validate(bronze, settings.silver_max_value_bytes).to_arrow())
+def check_bronze(settings: Settings, plan: SilverPlan, jobs) -> Kept:
+    """Validate the increment once and keep it where the Daft jobs run: facts and quarantine
+    both come from it."""
+    return jobs.keep(plan.run_id, silver_jobs.check_increment, settings, plan.increment)
 
 
 def _commit(settings, spec: TableSpec, plan: SilverPlan, rows, facts: dict, delete_filter=None) -> int | None:
@@ -125,8 +120,8 @@ class Outcome:
 
 
 @task(cache_policy=NO_CACHE)
-def commit_rejected(settings: Settings, plan: SilverPlan, checked) -> Outcome:
-    rows = silver.rejected(checked).to_arrow()
+def commit_rejected(settings: Settings, plan: SilverPlan, jobs, checked: Kept) -> Outcome:
+    rows = jobs.call(silver_jobs.rejected_rows, checked)
     reasons: dict[str, int] = {}
     for codes in rows.column("reason_codes").to_pylist():
         for code in codes:
@@ -136,43 +131,21 @@ def commit_rejected(settings: Settings, plan: SilverPlan, checked) -> Outcome:
 
 
 @task(cache_policy=NO_CACHE)
-def commit_facts(settings: Settings, plan: SilverPlan, checked) -> Outcome:
-    """Deduplicate within the batch and against all of silver, then append the first arrivals.
-
-    History is read only for the event days in the batch: a duplicate carries the same body, so
-    the same occurred_at, so memory follows the batch, not silver's size.
-    """
+def commit_facts(settings: Settings, plan: SilverPlan, jobs, checked: Kept) -> Outcome:
+    """Append the batch's first arrivals (``silver_jobs.new_facts``); an earlier arrival of a
+    stored event replaces it in the same commit."""
     import pyarrow.compute as pc
     from pyiceberg.expressions import In
 
-    # Dedup runs on narrow arrival columns and yields the few rows to drop; the facts are the
-    # candidates minus those, in one pass over the checked batch at the end.
-    candidates = silver.valid(checked)
-    arrived = silver.arrivals(candidates).collect()
-    drop = silver.later_copies(arrived).collect()
-    batch = silver.without(arrived, drop).collect()
-    catalog = open_catalog(settings)
-    facts_table = ensure_table(catalog, settings, SILVER_FACT_CONVERSIONS)
-    days = [d for d in batch.select("event_date").distinct().to_pydict()["event_date"] if d is not None]
-    history = read_days(
-        facts_table, days, ["event_id", "kafka_timestamp", "source_partition", "source_offset"], io_config(settings)
-    )
-    replaced_ids: list[str] = []
-    if history is not None:
-        # one join against history (four narrow columns); its small result serves both outputs
-        matches = silver.history_matches(batch, history).collect()
-        replaced_ids = sorted(set(silver.against_history(batch, matches)[1].to_pydict()["event_id"]))
-        drop = drop.concat(silver.superseded(batch, matches))
-    rows = silver.facts(silver.without(candidates, drop)).to_arrow()
+    found = jobs.call(silver_jobs.new_facts, settings, checked)
+    rows, replaced_ids = found.rows, found.replaced_ids
     if rows.num_rows and pc.any(pc.equal(rows.column("schema_version"), 2)).as_py():
-        _add_v2_columns(facts_table)
-    dropped = arrived.count_rows() - rows.num_rows + len(replaced_ids)
-    detail = {"facts": rows.num_rows - len(replaced_ids), "duplicates_dropped": dropped,
+        _add_v2_columns(ensure_table(open_catalog(settings), settings, SILVER_FACT_CONVERSIONS))
+    detail = {"facts": rows.num_rows - len(replaced_ids), "duplicates_dropped": found.dropped,
               "replaced_by_earlier_arrival": len(replaced_ids)}
     snapshot = _commit(settings, SILVER_FACT_CONVERSIONS, plan, rows, detail,
                        delete_filter=In("event_id", replaced_ids) if replaced_ids else None)
-    users = batch.where(col("user_id").not_null()).select("user_id").distinct().to_pydict()["user_id"]
-    return Outcome(rows.num_rows - len(replaced_ids), snapshot, {**detail, "users": sorted(users)})
+    return Outcome(rows.num_rows - len(replaced_ids), snapshot, {**detail, "users": found.users})
 
 
 def _add_v2_columns(table) -> None:
@@ -190,33 +163,11 @@ def _add_v2_columns(table) -> None:
 
 
 @task(cache_policy=NO_CACHE)
-def commit_users(settings: Settings, plan: SilverPlan, checked, users: list[str]) -> Outcome:
-    """Rebuild the SCD2 versions of the touched users the batch may change, from all their facts.
-
-    A user whose new events all sit inside a version with that version's plan and country keeps
-    their versions as they are (see ``silver.disrupted_users``); the others are rebuilt from every
-    fact they have, so the result never depends on arrival order or batching.
-    """
-    import pyarrow as pa
+def commit_users(settings: Settings, plan: SilverPlan, jobs, checked: Kept, users: list[str]) -> Outcome:
+    """Replace the SCD2 versions of the touched users the batch may change (``silver_jobs.user_versions``)."""
     from pyiceberg.expressions import In
 
-    catalog = open_catalog(settings)
-    dim_table = ensure_table(catalog, settings, SILVER_DIM_USERS)
-    versions = read_users(dim_table, users, ["user_id", "user_plan", "user_country", "valid_from", "valid_to"],
-                          io_config(settings))
-    rebuild = users
-    if versions is not None and users:
-        rebuild = sorted(silver.disrupted_users(silver.valid(checked), versions).to_pydict()["user_id"])
-    facts_table = ensure_table(catalog, settings, SILVER_FACT_CONVERSIONS)
-    events = None
-    if rebuild and facts_table.current_snapshot() is not None:
-        wanted = daft.from_arrow(pa.table({"user_id": pa.array(rebuild, pa.string())}))
-        events = silver.events_of(daft.read_iceberg(facts_table, io_config=io_config(settings)), wanted)
-    if events is None:
-        rows = pa.table({name: pa.array([], pa.null()) for name in silver.DIM_USER_COLUMNS})
-    else:
-        # the windows run over one in-memory partition: over the scan's partitions Ray shuffles them
-        rows = silver.user_versions(daft.from_arrow(events.to_arrow())).to_arrow()
+    rows, rebuild = jobs.call(silver_jobs.user_versions, settings, checked, users)
     get_run_logger().info("dim_users: %d of %d touched users rebuilt", len(rebuild), len(users))
     snapshot = _commit(settings, SILVER_DIM_USERS, plan, rows,
                        {"users": len(users), "rebuilt": len(rebuild), "versions": rows.num_rows},
@@ -242,27 +193,31 @@ def silver_flow(
     if crash_at is not None and crash_at not in CRASH_POINTS:
         raise ValueError(f"crash_at must be one of {CRASH_POINTS}, got {crash_at!r}")
     began = time.monotonic()
-    plan = plan_while_ray_starts(settings, plan_silver, settings, str(uuid.uuid4()))
+    # no Daft actors to start here: on a cluster the Daft jobs run on the warm host
+    plan = plan_while_ray_starts(settings, plan_silver, settings, str(uuid.uuid4()), daft_workers=False)
     report = SilverReport(run_id=plan.run_id)
     if plan.increment is None:
         logger.info("silver is up to date with bronze; nothing committed")
         return report.as_dict()
     report.bronze_from, report.bronze_to = plan.increment.after, plan.increment.upto
-    use_ray(settings)
-    checked = check_bronze(settings, plan)
-    report.bronze_records = checked.count_rows()
-    crash_if("read", crash_at)
-    quarantined = commit_rejected(settings, plan, checked)
-    report.rejected, report.reasons = quarantined.rows, quarantined.detail["reasons"]
-    crash_if("rejected-committed", crash_at)
-    promoted = commit_facts(settings, plan, checked)
-    report.facts = promoted.rows
-    report.duplicates_dropped = promoted.detail["duplicates_dropped"]
-    report.replaced_by_earlier_arrival = promoted.detail["replaced_by_earlier_arrival"]
-    report.users_touched = len(promoted.detail["users"])
-    crash_if("facts-committed", crash_at)
-    dimension = commit_users(settings, plan, checked, promoted.detail["users"])
-    report.users_rebuilt = dimension.detail["rebuilt"]
+    jobs = daft_jobs(settings, use_ray(settings))
+    checked = check_bronze(settings, plan, jobs)
+    try:
+        report.bronze_records = checked.rows
+        crash_if("read", crash_at)
+        quarantined = commit_rejected(settings, plan, jobs, checked)
+        report.rejected, report.reasons = quarantined.rows, quarantined.detail["reasons"]
+        crash_if("rejected-committed", crash_at)
+        promoted = commit_facts(settings, plan, jobs, checked)
+        report.facts = promoted.rows
+        report.duplicates_dropped = promoted.detail["duplicates_dropped"]
+        report.replaced_by_earlier_arrival = promoted.detail["replaced_by_earlier_arrival"]
+        report.users_touched = len(promoted.detail["users"])
+        crash_if("facts-committed", crash_at)
+        dimension = commit_users(settings, plan, jobs, checked, promoted.detail["users"])
+        report.users_rebuilt = dimension.detail["rebuilt"]
+    finally:
+        jobs.drop(checked.key)
     for spec, outcome in zip(SILVER_TABLES, (quarantined, promoted, dimension)):
         if outcome.snapshot_id is not None:
             report.committed[spec.identifier] = outcome.snapshot_id

@@ -1,10 +1,8 @@
 """Kafka partition ranges into bronze data files, on warm, long-lived Ray actors.
 
 Why actors: a Ray worker belongs to one job, so every ingest process would otherwise pay ~3 s of
-worker start and imports (confluent-kafka, pyarrow, pyiceberg) before it read one record.
-Detached, named actors in the ``lakehouse`` namespace stay warm between runs. Their names carry
-a hash of the code they run, so new code gets new actors and the old ones are retired. An
-actor that has been idle for ``idle_seconds`` exits on its own, which frees its memory.
+worker start and imports (confluent-kafka, pyarrow, pyiceberg) before it read one record. The
+writers are ``tasks.warm_actors``: detached, named by code version, retired when idle.
 
 Why files, not rows: each actor writes its range as Parquet data files in the table's location
 and returns only their metadata. The bytes never travel through the object store or the driver,
@@ -15,23 +13,21 @@ files of a batch that never commits are orphans, which maintenance removes.
 
 from __future__ import annotations
 
-import hashlib
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tasks import warm_actors
 from tasks.kafka import PartitionRange, ReadProgress, read_chunks
+from tasks.warm_actors import NAMESPACE, WarmActor
 
 if TYPE_CHECKING:
     from pyiceberg.manifest import DataFile
     from pyiceberg.table.metadata import TableMetadata
 
-NAMESPACE = "lakehouse"
 NAME_PREFIX = "bronze-writer-"
 
 
@@ -100,90 +96,31 @@ def write_partition_range(
                         progress.bytes, files, round(read_seconds, 3), round(write_seconds, 3))
 
 
-def release_memory() -> None:
-    """Give freed Arrow and malloc memory back to the OS, so an idle actor stays small."""
-    import ctypes
-
-    import pyarrow as pa
-
-    pa.default_memory_pool().release_unused()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the allocator keeps it, which is only wasteful
-        pass
-
-
-class BronzeWriter:
-    """A Ray actor that runs ``write_partition_range`` and retires after ``idle_seconds`` unused."""
-
-    def __init__(self, idle_seconds: float):
-        self._idle_seconds = idle_seconds
-        self._last_used = time.monotonic()
-        threading.Thread(target=self._watch_idle, daemon=True).start()
+class BronzeWriter(WarmActor):
+    """A warm Ray actor that runs ``write_partition_range``."""
 
     def write(self, *args) -> WrittenRange:
         try:
             return write_partition_range(*args)
         finally:
-            release_memory()
-            self._last_used = time.monotonic()
-
-    def retire_if_idle(self) -> None:
-        """Runs between calls (one at a time per actor), so it never cuts a write short."""
-        import ray
-
-        if time.monotonic() - self._last_used >= self._idle_seconds:
-            ray.actor.exit_actor()  # an intended exit: Ray frees the name for the next run's actor
-
-    def _watch_idle(self) -> None:
-        import ray
-
-        me = ray.get_runtime_context().current_actor
-        while True:
-            time.sleep(min(30.0, self._idle_seconds))
-            if time.monotonic() - self._last_used >= self._idle_seconds:
-                me.retire_if_idle.remote()
+            self.used()
 
 
 def code_version() -> str:
-    """A hash of the code an actor runs: actors of other code are never used."""
-    import pyarrow
-    import pyiceberg
-
     from tasks import kafka
     from tasks.transforms import bronze
 
-    digest = hashlib.sha256(f"{pyiceberg.__version__} {pyarrow.__version__}".encode())
-    for module_file in (__file__, kafka.__file__, bronze.__file__):
-        digest.update(Path(module_file).read_bytes())
-    return digest.hexdigest()[:12]
+    return warm_actors.code_version([__file__, kafka.__file__, bronze.__file__], ["pyiceberg", "pyarrow"])
 
 
 def writer_pool(slots: int, idle_seconds: float) -> list:
     """``slots`` warm writer actors of this code version, created on first use; stale ones retired."""
-    import ray
-
     version = code_version()
-    _retire_stale_writers(version)
-    actor = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1)(BronzeWriter)
-    return [
-        # SPREAD: with no CPUs reserved, the writers would otherwise pack onto one node
-        actor.options(name=f"{NAME_PREFIX}{version}-{slot}", namespace=NAMESPACE, lifetime="detached",
-                      get_if_exists=True, scheduling_strategy="SPREAD").remote(idle_seconds)
-        for slot in range(slots)
-    ]
-
-
-def _retire_stale_writers(version: str) -> None:
-    import ray
-
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        name, namespace = entry["name"], entry["namespace"]
-        if namespace == NAMESPACE and name.startswith(NAME_PREFIX) and not name.startswith(NAME_PREFIX + version):
-            try:
-                ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
-            except ValueError:  # gone already
-                pass
+    warm_actors.retire_stale(NAME_PREFIX, keep=f"{NAME_PREFIX}{version}")
+    # SPREAD: with no CPUs reserved, the writers would otherwise pack onto one node
+    return [warm_actors.warm_actor(BronzeWriter, f"{NAME_PREFIX}{version}-{slot}", idle_seconds,
+                                   scheduling_strategy="SPREAD")
+            for slot in range(slots)]
 
 
 def write_ranges(

@@ -98,6 +98,7 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(None, description="'auto' joins the Ray head; empty runs Ray in-process; default by profile")
     ray_port: int = Field(6379, ge=1, le=65535, description="GCS port of the local Ray head")
     ray_object_store_mb: int = Field(2048, ge=78, description="object store cap of the Ray head, in MB (a promoted 1M-record batch is ~330 MB, held twice at a time)")
+    daft_host_idle_seconds: float = Field(900.0, ge=10, description="the warm Daft host actor (silver's Daft jobs on a Ray cluster) unused this long exits and frees its memory")
     ray_auth_mode: Literal["token", "disabled"] = Field("token", description="RAY_AUTH_MODE for the head and every client")
 
     # Maintenance (flows/maintenance, tasks/maintenance): compaction, snapshot expiry, orphan removal

@@ -1,0 +1,134 @@
+"""Where a flow's Daft jobs run: in the flow's process, or on a warm Daft host on the Ray cluster.
+
+Daft on Ray starts its own actors (a plan runner and one worker per node) for every Ray job, and
+every flow run is a new job: about 3 s on two cores before any data moves. On a cluster, the flow
+instead sends its Daft steps to a ``DaftHost``, a warm actor (``tasks.warm_actors``) whose Daft
+actors stay up between runs. A step is a module-level function; its arguments and its result
+(Arrow tables, lists, numbers) travel through the object store. A batch that several steps of a
+run use is kept in the host under the run's key (``keep``) and passed to later steps as that
+``Kept`` handle, so it crosses the object store once; the run drops it at the end.
+
+Without a cluster (the embedded profile's in-process Ray, Daft's native runner) the same calls
+run in the flow's process: ``LocalDaft`` has the same three methods.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from tasks import warm_actors
+from tasks.settings import Settings
+
+NAME_PREFIX = "daft-host-"
+KEPT_PER_HOST = 2  # batches kept at once; a run that died without dropping its batch is evicted
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A batch (a collected Daft DataFrame) kept where the Daft jobs run, by key."""
+
+    key: str
+    rows: int
+
+
+class _Keeper:
+    """``keep``/``call``/``drop`` over batches held in this process."""
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[str, Any] = OrderedDict()
+
+    def keep(self, key: str, step: Callable, *args) -> Kept:
+        frame = step(*self._resolve(args))
+        self._kept[key] = frame
+        while len(self._kept) > KEPT_PER_HOST:
+            self._kept.popitem(last=False)
+        return Kept(key, frame.count_rows())
+
+    def call(self, step: Callable, *args):
+        return step(*self._resolve(args))
+
+    def drop(self, key: str) -> None:
+        self._kept.pop(key, None)
+
+    def _resolve(self, args: tuple) -> list:
+        missing = [a.key for a in args if isinstance(a, Kept) and a.key not in self._kept]
+        if missing:
+            raise LookupError(f"batch {missing[0]} is no longer kept here (the Daft host restarted or evicted it)")
+        return [self._kept[a.key] if isinstance(a, Kept) else a for a in args]
+
+
+class LocalDaft(_Keeper):
+    """Daft jobs in this process, on whatever runner it uses."""
+
+
+class DaftHost(warm_actors.WarmActor, _Keeper):
+    """The warm actor: Daft on the cluster, its actors started once."""
+
+    def __init__(self, idle_seconds: float):
+        import daft
+
+        warm_actors.WarmActor.__init__(self, idle_seconds)
+        _Keeper.__init__(self)
+        daft.set_runner_ray()  # inside a Ray worker: the cluster this actor runs on
+
+    def keep(self, key: str, step: Callable, *args) -> Kept:
+        try:
+            return _Keeper.keep(self, key, step, *args)
+        finally:
+            self.used()
+
+    def call(self, step: Callable, *args):
+        try:
+            return _Keeper.call(self, step, *args)
+        finally:
+            self.used()
+
+    def drop(self, key: str) -> None:
+        _Keeper.drop(self, key)
+        self.used()
+
+
+class RemoteDaft:
+    """The flow's view of a ``DaftHost``: the same calls, answered by the actor."""
+
+    def __init__(self, actor):
+        self._actor = actor
+
+    def keep(self, key: str, step: Callable, *args) -> Kept:
+        return self._get(self._actor.keep.remote(key, step, *args))
+
+    def call(self, step: Callable, *args):
+        return self._get(self._actor.call.remote(step, *args))
+
+    def drop(self, key: str) -> None:
+        self._get(self._actor.drop.remote(key))
+
+    @staticmethod
+    def _get(ref):
+        import ray
+
+        return ray.get(ref)
+
+
+def code_version() -> str:
+    """The host runs Daft steps of the silver flow: their code and the engine's versions."""
+    import flows.silver
+    import tasks.scans
+    import tasks.transforms.contract
+    import tasks.transforms.silver
+
+    modules = [__file__, warm_actors.__file__, flows.silver.__file__, tasks.scans.__file__,
+               tasks.transforms.silver.__file__, tasks.transforms.contract.__file__]
+    return warm_actors.code_version(modules, ["daft", "pyiceberg", "pyarrow", "ray"])
+
+
+def daft_jobs(settings: Settings, runner: str):
+    """A warm ``DaftHost`` when ``runner`` (from ``tasks.compute.use_ray``) is a Ray cluster,
+    else this process."""
+    if not (settings.ray_address and runner == f"ray:{settings.ray_address}"):
+        return LocalDaft()
+    name = f"{NAME_PREFIX}{code_version()}"
+    warm_actors.retire_stale(NAME_PREFIX, keep=name)
+    return RemoteDaft(warm_actors.warm_actor(DaftHost, name, settings.daft_host_idle_seconds))

@@ -76,6 +76,7 @@ def private_settings(lake: Path, ray_address: str = "auto"):
         catalog_uri=f"sqlite:///{lake / 'catalog.db'}",
         warehouse=(lake / "warehouse").as_uri(),
         ray_address=ray_address,
+        daft_host_idle_seconds=120,  # each private lake has its own warm Daft host: not for long
     )
 
 

@@ -14,6 +14,7 @@ run in the flow's process: ``LocalDaft`` has the same three methods.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -23,6 +24,7 @@ from tasks.settings import Settings
 
 NAME_PREFIX = "daft-host-"
 KEPT_PER_HOST = 2  # batches kept at once; a run that died without dropping its batch is evicted
+KEPT_MAX_SECONDS = 3600.0  # a host keeping a batch does not retire when idle, up to this long
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class DaftHost(warm_actors.WarmActor, _Keeper):
 
         warm_actors.WarmActor.__init__(self, idle_seconds)
         _Keeper.__init__(self)
+        own_plan_runner()
         daft.set_runner_ray()  # inside a Ray worker: the cluster this actor runs on
 
     def keep(self, key: str, step: Callable, *args) -> Kept:
@@ -88,6 +91,31 @@ class DaftHost(warm_actors.WarmActor, _Keeper):
     def drop(self, key: str) -> None:
         _Keeper.drop(self, key)
         self.used()
+
+    def retire_if_idle(self) -> None:
+        """A host that keeps a batch serves a run between its steps: it stays, unless the batch
+        is an hour old (its run died without dropping it)."""
+        if self._kept and time.monotonic() - self._last_used < KEPT_MAX_SECONDS:
+            return
+        warm_actors.WarmActor.retire_if_idle(self)
+
+
+def own_plan_runner() -> None:
+    """Give this process's Daft a plan-runner actor of its own.
+
+    Daft names that actor by Ray job, and an actor carries the job of the driver that created it:
+    the host would share its creator's runner (a test session or notebook that also runs Daft) and
+    lose it when that driver exits. Daft 0.7 keeps the name's suffix in a module global; if that
+    ever changes, this fails loudly rather than share silently.
+    """
+    import uuid
+
+    from daft.runners import flotilla
+
+    if not hasattr(flotilla, "_FLOTILLA_RUNNER_NAME_SUFFIX"):
+        raise RuntimeError("daft no longer names its plan runner by _FLOTILLA_RUNNER_NAME_SUFFIX; "
+                           "update tasks.daft_host.own_plan_runner for this daft version")
+    flotilla._FLOTILLA_RUNNER_NAME_SUFFIX = f"daft-host-{uuid.uuid4().hex}"
 
 
 class RemoteDaft:
@@ -125,10 +153,12 @@ def code_version() -> str:
 
 
 def daft_jobs(settings: Settings, runner: str):
-    """A warm ``DaftHost`` when ``runner`` (from ``tasks.compute.use_ray``) is a Ray cluster,
-    else this process."""
+    """This lakehouse's warm ``DaftHost`` when ``runner`` (from ``tasks.compute.use_ray``) is a
+    Ray cluster, else this process. A host runs one call at a time."""
     if not (settings.ray_address and runner == f"ray:{settings.ray_address}"):
         return LocalDaft()
-    name = f"{NAME_PREFIX}{code_version()}"
-    warm_actors.retire_stale(NAME_PREFIX, keep=name)
+    version = code_version()
+    warm_actors.retire_stale(NAME_PREFIX, keep=f"{NAME_PREFIX}{version}")
+    # one host per lakehouse: a long promotion of one catalog never queues another's
+    name = f"{NAME_PREFIX}{version}-{settings.catalog_tag}"
     return RemoteDaft(warm_actors.warm_actor(DaftHost, name, settings.daft_host_idle_seconds))

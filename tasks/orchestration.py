@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import signal
 import socket
@@ -26,8 +25,7 @@ def lock_name(identifier: str, settings: Settings) -> str:
     """The global concurrency limit guarding writes to one table of one catalog (created by
     `lakehouse deploy`). Qualified by the catalog, so two lakehouses on one Prefect server (a test's
     private catalog beside the stack's) never wait on each other."""
-    catalog = hashlib.sha256((settings.catalog_uri or "").encode()).hexdigest()[:8]
-    return f"table:{identifier}@{settings.catalog_name}-{catalog}"
+    return f"table:{identifier}@{settings.catalog_tag}"
 
 
 @contextlib.contextmanager

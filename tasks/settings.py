@@ -222,6 +222,14 @@ class Settings(BaseSettings):
     # ---- derived values -------------------------------------------------------------------
 
     @property
+    def catalog_tag(self) -> str:
+        """Names this lakehouse among others on one Prefect server or Ray cluster (a test's private
+        catalog beside the stack's): the catalog's name and a hash of its URI."""
+        import hashlib
+
+        return f"{self.catalog_name}-{hashlib.sha256((self.catalog_uri or '').encode()).hexdigest()[:8]}"
+
+    @property
     def uses_s3(self) -> bool:
         return (self.warehouse or "").startswith("s3://")
 

@@ -23,6 +23,8 @@ def private_env(tmp_path) -> dict[str, str]:
         "LAKEHOUSE_CATALOG_URI": f"sqlite:///{tmp_path / 'catalog.db'}",
         "LAKEHOUSE_WAREHOUSE": (tmp_path / "warehouse").as_uri(),
         "LAKEHOUSE_RAY_ADDRESS": "auto",
+        # each private catalog gets its own warm Daft host: let it go soon after the test
+        "LAKEHOUSE_DAFT_HOST_IDLE_SECONDS": "15",
     }
 
 

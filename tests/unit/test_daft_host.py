@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import daft
 import pytest
 
@@ -36,7 +38,9 @@ def test_a_dropped_or_evicted_batch_is_an_error_that_names_it():
     assert jobs.call(total, handles[-1]) == sum(range(2 + KEPT_PER_HOST))
 
 
-def test_without_a_ray_cluster_the_jobs_run_in_this_process():
+def test_without_a_ray_cluster_the_jobs_run_in_this_process(monkeypatch):
+    for key in [k for k in os.environ if k.startswith("LAKEHOUSE_")]:
+        monkeypatch.delenv(key)  # `make test` points LAKEHOUSE_CONFIG at the stack's file
     embedded = load_settings(profile="embedded", ray_address="")
     assert isinstance(daft_jobs(embedded, "ray:in-process"), LocalDaft)
     on_cluster = load_settings(profile="embedded", ray_address="auto")

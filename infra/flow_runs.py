@@ -15,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from infra.process import is_running
+
 
 @dataclass(frozen=True)
 class RunInFlight:
@@ -30,12 +32,11 @@ class RunInFlight:
 def is_flow_process(pid: int) -> bool:
     """A live, non-zombie process of this machine that runs Prefect (a pid reused by anything
     else does not count)."""
-    proc = Path("/proc") / str(pid)
+    if not is_running(pid):
+        return False
     try:
-        if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-        return b"prefect" in (proc / "cmdline").read_bytes()
-    except (OSError, IndexError):
+        return b"prefect" in (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:  # it exited just now
         return False
 
 

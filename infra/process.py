@@ -44,6 +44,12 @@ def _is_zombie(pid: int) -> bool:
     return fields is not None and fields[0] == "Z"
 
 
+def is_running(pid: int) -> bool:
+    """A live process, not a zombie waiting to be reaped."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
 def session_members(sid: int) -> list[int]:
     """Every live process whose session id is ``sid``."""
     members = []

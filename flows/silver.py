@@ -164,10 +164,10 @@ def _add_v2_columns(table) -> None:
 
 @task(cache_policy=NO_CACHE)
 def commit_users(settings: Settings, plan: SilverPlan, jobs, checked: Kept, users: list[str]) -> Outcome:
-    """Replace the SCD2 versions of the touched users the batch may change (``silver_jobs.user_versions``)."""
+    """Replace the SCD2 versions of the touched users the batch may change (``silver_jobs.rebuilt_user_versions``)."""
     from pyiceberg.expressions import In
 
-    rows, rebuild = jobs.call(silver_jobs.user_versions, settings, checked, users)
+    rows, rebuild = jobs.call(silver_jobs.rebuilt_user_versions, settings, checked, users)
     get_run_logger().info("dim_users: %d of %d touched users rebuilt", len(rebuild), len(users))
     snapshot = _commit(settings, SILVER_DIM_USERS, plan, rows,
                        {"users": len(users), "rebuilt": len(rebuild), "versions": rows.num_rows},

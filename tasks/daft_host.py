@@ -35,8 +35,9 @@ class Kept:
     rows: int
 
 
-class _Keeper:
-    """``keep``/``call``/``drop`` over batches held in this process."""
+class LocalDaft:
+    """Daft jobs in this process, on whatever runner it uses: ``keep``/``call``/``drop`` over
+    batches held here. ``DaftHost`` is the same on a warm actor."""
 
     def __init__(self) -> None:
         self._kept: OrderedDict[str, Any] = OrderedDict()
@@ -61,35 +62,31 @@ class _Keeper:
         return [self._kept[a.key] if isinstance(a, Kept) else a for a in args]
 
 
-class LocalDaft(_Keeper):
-    """Daft jobs in this process, on whatever runner it uses."""
-
-
-class DaftHost(warm_actors.WarmActor, _Keeper):
+class DaftHost(warm_actors.WarmActor, LocalDaft):
     """The warm actor: Daft on the cluster, its actors started once."""
 
     def __init__(self, idle_seconds: float):
         import daft
 
         warm_actors.WarmActor.__init__(self, idle_seconds)
-        _Keeper.__init__(self)
+        LocalDaft.__init__(self)
         own_plan_runner()
         daft.set_runner_ray()  # inside a Ray worker: the cluster this actor runs on
 
     def keep(self, key: str, step: Callable, *args) -> Kept:
         try:
-            return _Keeper.keep(self, key, step, *args)
+            return LocalDaft.keep(self, key, step, *args)
         finally:
             self.used()
 
     def call(self, step: Callable, *args):
         try:
-            return _Keeper.call(self, step, *args)
+            return LocalDaft.call(self, step, *args)
         finally:
             self.used()
 
     def drop(self, key: str) -> None:
-        _Keeper.drop(self, key)
+        LocalDaft.drop(self, key)
         self.used()
 
     def retire_if_idle(self) -> None:

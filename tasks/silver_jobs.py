@@ -73,7 +73,7 @@ def new_facts(settings: Settings, checked: DataFrame) -> NewFacts:
     return NewFacts(rows, replaced_ids, dropped, sorted(users))
 
 
-def user_versions(settings: Settings, checked: DataFrame, users: list[str]) -> tuple[pa.Table, list[str]]:
+def rebuilt_user_versions(settings: Settings, checked: DataFrame, users: list[str]) -> tuple[pa.Table, list[str]]:
     """The SCD2 versions of the touched users the batch may change, rebuilt from all their facts
     (silver.fact_conversions as committed), and those users.
 

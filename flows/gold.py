@@ -260,11 +260,11 @@ def gold_flow(full: bool = False, silver_snapshot_id: Optional[int] = None, sett
     # at a time, and a second one waits, then plans from the first one's watermarks.
     with table_lock(settings, *(spec.identifier for spec in GOLD_TABLES)):
         plan = plan_while_ray_starts(settings, plan_gold, settings, str(uuid.uuid4()), full)
-        use_ray(settings)  # before any Daft work: the runner can be chosen only once per process
         report = GoldReport(run_id=plan.run_id, full=full)
         if plan.upto is None:
             logger.info("gold is up to date with silver; nothing committed")
             return report.as_dict()
+        use_ray(settings)  # before any Daft work: the runner can be chosen only once per process
         report.silver_to, report.days, report.users = plan.upto, len(plan.days), len(plan.users)
         calendar = build_dim_date.submit(settings, plan)  # tiny and independent: beside the daily tables
         report.committed.update(build_daily_tables(settings, plan))

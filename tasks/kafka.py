@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -13,6 +13,7 @@ from tasks.settings import Settings
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    from confluent_kafka import Consumer
 
 
 def admin_client(settings: Settings) -> AdminClient:
@@ -110,12 +111,15 @@ def read_chunks(
     run_id: str,
     progress: ReadProgress,
     chunk_bytes: int = 32 * 1024 * 1024,
+    consumer_factory: "Callable[[], Consumer] | None" = None,
 ) -> Iterator["pa.Table"]:
     """Read one partition range as bronze rows, yielded in chunks of about ``chunk_bytes``.
 
     Stops at ``end`` (the high watermark when the batch was planned), the record or byte limit,
     or the deadline, whichever comes first. ``progress`` is updated as records are read: after the
-    last chunk, ``progress.next_offset`` is exactly one past the last row. Holding one chunk at a
+    last chunk, ``progress.next_offset`` is one past the last row, or ``end`` when the range was
+    read to its end (a range may end in a gap: a transaction marker, aborted or compacted records).
+    It never passes ``end``: records after it, even prefetched ones, belong to the next batch. Holding one chunk at a
     time keeps a reader's memory bounded by the chunk, not by the batch.
     """
     from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -124,7 +128,7 @@ def read_chunks(
 
     columns = RecordColumns()
     chunk_size = 0
-    consumer = Consumer(consumer_config(bootstrap))
+    consumer = consumer_factory() if consumer_factory is not None else Consumer(consumer_config(bootstrap))
     try:
         consumer.assign([TopicPartition(wanted.topic, wanted.partition, wanted.start)])
         while (progress.next_offset < wanted.end and progress.records < wanted.max_records
@@ -141,6 +145,9 @@ def read_chunks(
                     raise KafkaException(message.error())
                 offset = message.offset()
                 if offset >= wanted.end:
+                    # Delivered in order: every offset below the end not seen was a gap Kafka skipped.
+                    # Records past the end (prefetched) belong to the next batch: never move past it.
+                    progress.next_offset = wanted.end
                     break
                 key, value = message.key(), message.value()
                 size = (len(key) if key else 0) + (len(value) if value else 0)
@@ -159,7 +166,7 @@ def read_chunks(
                 # Nothing arrived: the range may end in a gap (aborted transactions, compaction).
                 position = consumer.position([TopicPartition(wanted.topic, wanted.partition)])[0].offset
                 if position >= wanted.end:
-                    progress.next_offset = max(progress.next_offset, position)
+                    progress.next_offset = wanted.end  # the position may be past later records' offsets
                     break
     finally:
         consumer.close()

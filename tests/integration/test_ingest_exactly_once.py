@@ -137,3 +137,62 @@ def test_snapshot_summary_holds_offsets_run_id_and_report(topic_settings):
         int(p): o for p, o in report["offsets_to"].items()}
     assert summary[RUN_ID_KEY] == report["run_id"]
     assert '"records": 500' in summary[REPORT_KEY]
+
+
+def test_transactional_producer_racing_ingest_runs_lands_exactly_the_committed_records(topic_settings):
+    """Committed and aborted transactions, in bursts with quiet spells longer than the reader's
+    poll timeout, written while ingest runs go on: bronze holds every committed record once, and
+    no aborted one. Transaction markers and aborted records leave offset gaps in every partition."""
+    import random
+    import threading
+    import time
+
+    from flows.ingest import ingest_flow
+
+    producer = Producer({"bootstrap.servers": topic_settings.kafka_bootstrap,
+                         "transactional.id": f"it-tx-{uuid.uuid4().hex[:8]}", "linger.ms": 5})
+    producer.init_transactions(30)
+    rng = random.Random(12)
+    committed: set[bytes] = set()
+    aborted: set[bytes] = set()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            seq = 0
+            for burst in range(8):
+                for _ in range(rng.randint(2, 5)):
+                    producer.begin_transaction()
+                    values = []
+                    for _ in range(rng.randint(1, 60)):
+                        values.append(f'{{"seq": {seq}}}'.encode())
+                        producer.produce(topic_settings.kafka_topic, value=values[-1], partition=rng.randrange(3))
+                        seq += 1
+                    if rng.random() < 0.3:
+                        producer.abort_transaction(30)
+                        aborted.update(values)
+                    else:
+                        producer.commit_transaction(30)
+                        committed.update(values)
+                time.sleep(rng.uniform(0.7, 1.6))  # quiet: longer than the reader's 0.5 s poll
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            errors.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    runs = 0
+    while writer.is_alive() or runs < 2:
+        ingest_flow(settings=topic_settings, max_records=150, max_seconds=2)
+        runs += 1
+    writer.join()
+    assert not errors, errors
+    ingest_flow(settings=topic_settings, max_batches=100)
+    assert committed and aborted
+
+    rows = bronze_rows(topic_settings)
+    values = rows.column("value").to_pylist()
+    assert len(values) == len(set(values)), "a committed record landed twice"
+    assert not set(values) & aborted, "an aborted record landed in bronze"
+    missing = committed - set(values)
+    assert not missing, f"{len(missing)} of {len(committed)} committed records never reached bronze"
+    assert len(values) == len(committed)

@@ -34,6 +34,7 @@ from tasks.commits import (
     StaleCommitError,
     commit_rows,
     conform,
+    snapshot_at_watermark,
     upstream_key,
     upstream_snapshot,
 )
@@ -41,6 +42,7 @@ from tasks.compute import plan_while_ray_starts, use_ray
 from tasks.scans import distinct_added, pending_range, plan_increment, read_days, read_user_rows
 from tasks.settings import Settings, load_settings
 from tasks.tables import (
+    BRONZE_CONVERSION_EVENTS_RAW,
     GOLD_DAILY_CONVERSION_METRICS,
     GOLD_DAILY_PLAN_METRICS,
     GOLD_DIM_DATE,
@@ -53,7 +55,7 @@ from tasks.tables import (
     TableSpec,
     ensure_table,
 )
-from tasks.orchestration import TRANSIENT_RETRY, emit_table_committed, publish_counts, table_lock
+from tasks.orchestration import TRANSIENT_RETRY, emit_table_committed, publish_counts, replan_on_conflict, table_lock
 from tasks.transforms import gold
 
 UPSTREAM = SILVER_FACT_CONVERSIONS.identifier
@@ -67,8 +69,9 @@ DIM_USERS_COLUMNS = ["user_id", "user_plan", "user_country", "is_current"]
 @dataclass(frozen=True)
 class GoldPlan:
     run_id: str
-    upto: int | None  # silver snapshot to build from; None: nothing to do
+    upto: int | None  # silver facts snapshot to build from; None: nothing to do
     watermarks: dict[str, int | None]
+    users_snapshot: int | None = None  # silver.dim_users snapshot of the same silver promotion as ``upto``
     days: tuple[date, ...] = ()
     users: tuple[str, ...] = ()
     full: bool = False
@@ -92,25 +95,63 @@ class GoldReport:
 
 @task(**TRANSIENT_RETRY)
 def plan_gold(settings: Settings, run_id: str, full: bool) -> GoldPlan:
-    """The silver snapshot to build from and the days and users its new files touched."""
+    """The silver snapshot to build from and the days and users its new files touched.
+
+    Gold builds from one silver promotion: the facts and dim_users snapshots that reached the same
+    bronze snapshot. Silver commits facts before users, so when a promotion is half done (running,
+    or crashed between its commits) gold builds from the last complete one and the rest waits for
+    silver's users commit, which triggers gold again."""
     catalog = open_catalog(settings)
     facts = ensure_table(catalog, settings, SILVER_FACT_CONVERSIONS)
+    users_table = ensure_table(catalog, settings, SILVER_DIM_USERS)
     watermarks = {spec.identifier: upstream_snapshot(ensure_table(catalog, settings, spec), UPSTREAM)
                   for spec in GOLD_TABLES}
-    current = facts.current_snapshot()
-    if current is None:
+    head, users_snapshot = consistent_silver(facts, users_table)
+    if head is None:
         return GoldPlan(run_id, None, watermarks)
     if full:
-        return GoldPlan(run_id, current.snapshot_id, watermarks, full=True)
-    pending = pending_range(facts, list(watermarks.values()))
+        return GoldPlan(run_id, head, watermarks, users_snapshot, full=True)
+    pending = pending_range(facts, list(watermarks.values()), head=head)
     if pending is None:
         return GoldPlan(run_id, None, watermarks)
     after, upto = pending
+    if upto != head:  # finishing a build interrupted between gold tables: the users it used
+        users_snapshot = _users_snapshot_for(facts, users_table, upto)
     increment = plan_increment(facts, after, upto)
     # silver facts are partitioned by day(occurred_at): the added files name the touched days
     days = {EPOCH + timedelta(days=p[0]) for p in increment.partitions if p and p[0] is not None}
     users = distinct_added(facts, increment, "user_id")
-    return GoldPlan(run_id, upto, watermarks, tuple(sorted(days)), tuple(users))
+    return GoldPlan(run_id, upto, watermarks, users_snapshot, tuple(sorted(days)), tuple(users))
+
+
+def consistent_silver(facts, users) -> tuple[int | None, int | None]:
+    """(facts snapshot, dim_users snapshot) of the newest silver promotion both tables finished;
+    (None, None) while there is none."""
+    bronze = BRONZE_CONVERSION_EVENTS_RAW.identifier
+    if facts.current_snapshot() is None or users.current_snapshot() is None:
+        return None, None
+    reached = upstream_snapshot(users, bronze)  # users commit last: their watermark is the lower one
+    if reached is None:
+        return None, None
+    head = snapshot_at_watermark(facts, bronze, reached)
+    if head is None:
+        raise LookupError(f"{facts.name()} has no snapshot at bronze snapshot {reached}, which "
+                          f"{users.name()} reached: silver's bookkeeping is broken (run `lakehouse verify`)")
+    return head, users.current_snapshot().snapshot_id
+
+
+def _users_snapshot_for(facts, users, facts_snapshot: int) -> int:
+    """The dim_users snapshot of the promotion that committed ``facts_snapshot``."""
+    bronze = BRONZE_CONVERSION_EVENTS_RAW.identifier
+    key = upstream_key(bronze)
+    snapshot = facts.snapshot_by_id(facts_snapshot)
+    while snapshot is not None and key not in (snapshot.summary.additional_properties if snapshot.summary else {}):
+        snapshot = facts.snapshot_by_id(snapshot.parent_snapshot_id) if snapshot.parent_snapshot_id else None
+    found = (snapshot_at_watermark(users, bronze, int(snapshot.summary.additional_properties[key]))
+             if snapshot is not None else None)
+    if found is None:
+        raise LookupError(f"{users.name()} has no snapshot matching {facts.name()} snapshot {facts_snapshot}")
+    return found
 
 
 def _built(spec: TableSpec, plan: GoldPlan) -> bool:
@@ -125,7 +166,8 @@ def _replace(settings: Settings, spec: TableSpec, plan: GoldPlan, rows: pa.Table
     expected = plan.watermarks[spec.identifier]
     table = ensure_table(catalog or open_catalog(settings), settings, spec)
     rows = rows if rows is not None else table.schema().as_arrow().empty_table()
-    summary = {upstream_key(UPSTREAM): str(plan.upto), RUN_ID_KEY: plan.run_id,
+    summary = {upstream_key(UPSTREAM): str(plan.upto), upstream_key(SILVER_DIM_USERS.identifier): str(plan.users_snapshot),
+               RUN_ID_KEY: plan.run_id,
                REPORT_KEY: json.dumps({**report, "rows": rows.num_rows}, default=str)}
     snapshot = commit_rows(table, conform(rows, table), summary,
                            still_current=lambda t: upstream_snapshot(t, UPSTREAM) == expected,
@@ -158,14 +200,15 @@ def build_daily_tables(settings: Settings, plan: GoldPlan) -> dict[str, int]:
     users_table = ensure_table(catalog, settings, SILVER_DIM_USERS)
     days = list(plan.days)
     if plan.full:
-        facts = daft.read_iceberg(facts_table, io_config=io_config(settings)).select(*FACT_COLUMNS).collect()
+        facts = daft.read_iceberg(facts_table, snapshot_id=plan.upto, io_config=io_config(settings)
+                                  ).select(*FACT_COLUMNS).collect()
         days = [d for d in facts.select("event_date").distinct().to_pydict()["event_date"] if d is not None]
         where = AlwaysTrue()
     else:
-        facts = read_days(facts_table, days, FACT_COLUMNS, io_config(settings))
+        facts = read_days(facts_table, days, FACT_COLUMNS, io_config(settings), snapshot_id=plan.upto)
         facts = facts.collect() if facts is not None else None
         where = In("event_date", days) if days else None
-    dim = daft.read_iceberg(users_table, io_config=io_config(settings)) if users_table.current_snapshot() else None
+    dim = daft.read_iceberg(users_table, snapshot_id=plan.users_snapshot, io_config=io_config(settings))
     report = {"days": len(days)}
     tables = (
         (GOLD_DAILY_CONVERSION_METRICS, lambda f: gold.daily_conversion_metrics(f)),
@@ -195,10 +238,10 @@ def build_user_summary(settings: Settings, plan: GoldPlan) -> dict[str, int]:
     users = list(plan.users)
     if plan.full:
         daily = daft.read_iceberg(daily_table, io_config=io_config(settings)) if daily_table.current_snapshot() else None
-        dim = daft.read_iceberg(users_table, io_config=io_config(settings)) if users_table.current_snapshot() else None
+        dim = daft.read_iceberg(users_table, snapshot_id=plan.users_snapshot, io_config=io_config(settings))
     else:  # the touched users' rows only: days x users, however many facts they had
         daily = read_user_rows(daily_table, users, DAILY_ACTIVITY_COLUMNS)
-        dim = read_user_rows(users_table, users, DIM_USERS_COLUMNS)
+        dim = read_user_rows(users_table, users, DIM_USERS_COLUMNS, snapshot_id=plan.users_snapshot)
     frame = gold.user_summary_from_daily(daily, dim) if daily is not None and dim is not None else None
     rows = frame.to_arrow() if frame is not None else None
     where = AlwaysTrue() if plan.full else In("user_id", users) if users else None
@@ -221,7 +264,7 @@ def build_dim_date(settings: Settings, plan: GoldPlan) -> dict[str, int]:
         existing = table.scan(selected_fields=("date",)).to_arrow().column("date").to_pylist()
         days.update(existing)
     if plan.full or not days:
-        for task_ in facts_table.scan().plan_files():
+        for task_ in facts_table.scan(snapshot_id=plan.upto).plan_files():
             day = task_.file.partition[0]
             if day is not None:
                 days.add(EPOCH + timedelta(days=day))
@@ -246,7 +289,7 @@ def _publish_latest_day(settings: Settings) -> None:
     create_markdown_artifact(key="gold-latest-day", markdown="\n".join(lines), description="gold.daily_conversion_metrics")
 
 
-@flow(name="build-gold", log_prints=False, retries=1, retry_delay_seconds=5)
+@flow(name="build-gold", log_prints=False)
 def gold_flow(full: bool = False, silver_snapshot_id: Optional[int] = None, settings: Optional[Settings] = None) -> dict:
     """Rebuild gold for what changed in silver (or everything with ``full``); nothing new, no commit.
 
@@ -255,6 +298,10 @@ def gold_flow(full: bool = False, silver_snapshot_id: Optional[int] = None, sett
     if silver_snapshot_id is not None:
         logger.info("triggered by silver snapshot %s", silver_snapshot_id)
     settings = settings or load_settings()
+    return replan_on_conflict(lambda: _build(settings, full, logger), "gold", logger)
+
+
+def _build(settings: Settings, full: bool, logger) -> dict:
     began = time.monotonic()
     # Every gold table's lock, in one request, from planning to the last commit: gold builds run one
     # at a time, and a second one waits, then plans from the first one's watermarks.

@@ -66,6 +66,28 @@ def upstream_snapshot(table: Table, upstream: str) -> int | None:
     return int(raw) if raw is not None else None
 
 
+def snapshot_at_watermark(table: Table, upstream: str, watermark: int) -> int | None:
+    """The newest snapshot of ``table`` whose promotion reached ``upstream``'s snapshot
+    ``watermark`` and went no further (maintenance snapshots after it keep its data); None if no
+    snapshot in the current lineage has that watermark."""
+    key = upstream_key(upstream)
+    found: int | None = None  # a maintenance snapshot above the promotion that has the watermark
+    snapshot = table.current_snapshot()
+    while snapshot is not None:
+        summary = snapshot.summary
+        value = summary.additional_properties.get(key) if summary is not None else None
+        if value is None:
+            found = snapshot.snapshot_id if found is None else found
+        elif int(value) == watermark:
+            return found if found is not None else snapshot.snapshot_id
+        else:
+            found = None
+        if snapshot.parent_snapshot_id is None:
+            break
+        snapshot = table.snapshot_by_id(snapshot.parent_snapshot_id)
+    return None
+
+
 def encode_offsets(offsets: Mapping[str, Mapping[int, int]]) -> str:
     return json.dumps({t: {str(p): o for p, o in sorted(ps.items())} for t, ps in sorted(offsets.items())})
 

@@ -28,9 +28,11 @@ class Increment:
     run_ids: dict[str, int]  # ingest run id -> the snapshot that committed it
 
 
-def pending_range(upstream: Table, watermarks: list[int | None]) -> tuple[int | None, int] | None:
+def pending_range(upstream: Table, watermarks: list[int | None], head: int | None = None
+                  ) -> tuple[int | None, int] | None:
     """(after, upto) of the upstream snapshots that some downstream table has not promoted yet;
-    None when every downstream table is at upstream's current snapshot.
+    None when every downstream table is at upstream's current snapshot (or at ``head``, the
+    newest upstream snapshot the caller may read).
 
     Downstream tables commit one after another, each recording the upstream snapshot it reached.
     When they disagree, a run crashed between their commits: the range is exactly the interrupted
@@ -38,13 +40,15 @@ def pending_range(upstream: Table, watermarks: list[int | None]) -> tuple[int | 
     """
     marks = set(watermarks)
     known = sorted((m for m in marks if m is not None), key=lambda sid: _sequence(upstream, sid))
-    current = upstream.current_snapshot()
+    if head is None:
+        current = upstream.current_snapshot()
+        head = current.snapshot_id if current is not None else None
     if len(marks) > 1:
         upto = known[-1]
-    elif current is None or current.snapshot_id in marks:
+    elif head is None or head in marks:
         return None
     else:
-        upto = current.snapshot_id
+        upto = head
     after = None if None in marks else known[0]
     return after, upto
 
@@ -125,17 +129,20 @@ def day_bounds(days: list[date]) -> tuple[datetime, datetime] | None:
     return low, high
 
 
-def read_days(table: Table, days: list[date], columns: list[str], io_config: daft.io.IOConfig) -> DataFrame | None:
-    """Rows of a day-partitioned (by occurred_at) table for the given days; None if it has no data."""
+def read_days(table: Table, days: list[date], columns: list[str], io_config: daft.io.IOConfig,
+              snapshot_id: int | None = None) -> DataFrame | None:
+    """Rows of a day-partitioned (by occurred_at) table for the given days, at ``snapshot_id``
+    (default: current); None if it has no data."""
     bounds = day_bounds(days)
     if bounds is None or table.current_snapshot() is None:
         return None
-    frame = daft.read_iceberg(table, io_config=io_config)
+    frame = daft.read_iceberg(table, snapshot_id=snapshot_id, io_config=io_config)
     frame = frame.where((col("occurred_at") >= bounds[0]) & (col("occurred_at") < bounds[1]))
     return frame.where(col("event_date").is_in(list(days))).select(*columns)
 
 
-def read_user_rows(table: Table, user_ids: list[str], columns: list[str]) -> DataFrame | None:
+def read_user_rows(table: Table, user_ids: list[str], columns: list[str], snapshot_id: int | None = None
+                   ) -> DataFrame | None:
     """The given users' rows of a small table with a user_id column, read by pyiceberg and handed
     to Daft in memory; None if no users or no data.
 
@@ -143,7 +150,8 @@ def read_user_rows(table: Table, user_ids: list[str], columns: list[str]) -> Dat
     on Ray a Daft scan schedules work per data file, seconds for a few thousand rows."""
     if not user_ids or table.current_snapshot() is None:
         return None
-    return daft.from_arrow(table.scan(row_filter=In("user_id", user_ids), selected_fields=tuple(columns)).to_arrow())
+    return daft.from_arrow(table.scan(row_filter=In("user_id", user_ids), selected_fields=tuple(columns),
+                                      snapshot_id=snapshot_id).to_arrow())
 
 
 def read_users(table: Table, user_ids: list[str], columns: list[str], io_config: daft.io.IOConfig) -> DataFrame | None:

@@ -22,9 +22,17 @@ from tasks.catalog import open_catalog
 from tasks.commits import Offsets, append_files_with_offsets, latest_offsets
 from tasks.compute import plan_while_ray_starts, use_ray
 from tasks.kafka import PartitionRange, commit_group_offsets, watermarks
+from tasks.offsets import OffsetsOutOfRangeError, offset_problems
 from tasks.settings import Settings, load_settings
 from tasks.tables import BRONZE_CONVERSION_EVENTS_RAW, ensure_table
-from tasks.orchestration import TRANSIENT_RETRY, crash_if, emit_table_committed, publish_counts, table_lock
+from tasks.orchestration import (
+    TRANSIENT_RETRY,
+    crash_if,
+    emit_table_committed,
+    publish_counts,
+    replan_on_conflict,
+    table_lock,
+)
 
 CRASH_POINTS = ("consuming", "files-written", "committed")
 
@@ -42,7 +50,6 @@ class BatchPlan:
     topic: str
     expected: Offsets  # what bronze's latest snapshot says now
     ranges: list[PartitionRange]
-    lost_to_retention: dict[int, int] = field(default_factory=dict)  # partition -> records gone
 
 
 @dataclass
@@ -57,7 +64,6 @@ class BatchReport:
     offsets_from: dict[int, int] = field(default_factory=dict)
     offsets_to: dict[int, int] = field(default_factory=dict)
     lag_left: int = 0
-    lost_to_retention: int = 0
     files: int = 0
     read_seconds: dict[int, float] = field(default_factory=dict)  # partition -> Kafka to Arrow
     write_seconds: dict[int, float] = field(default_factory=dict)  # partition -> Arrow to Parquet files
@@ -71,19 +77,22 @@ class BatchReport:
 
 @task(**TRANSIENT_RETRY)
 def plan_batch(settings: Settings, limits: BatchLimits, run_id: str) -> BatchPlan:
-    """Start where bronze's last snapshot says; end at the high watermarks seen now."""
+    """Start where bronze's last snapshot says; end at the high watermarks seen now.
+
+    Stored offsets outside a partition's watermarks (records expired by retention, a recreated
+    topic) stop the run with :class:`OffsetsOutOfRangeError`: only an audited reset moves them."""
     table = ensure_table(open_catalog(settings), settings, BRONZE_CONVERSION_EVENTS_RAW)
     expected = latest_offsets(table)
     topic = settings.kafka_topic
     marks = watermarks(settings, topic)
     done = expected.get(topic, {})
+    problems = offset_problems(topic, done, marks)
+    if problems:
+        raise OffsetsOutOfRangeError(problems)
     deadline = time.time() + limits.max_seconds
-    starts, lost = {}, {}
+    starts = {}
     for partition, (low, high) in marks.items():
         start = done.get(partition, low)
-        if start < low:  # retention deleted records bronze never saw: say so loudly
-            lost[partition] = low - start
-            start = low
         if start < high:
             starts[partition] = (start, high)
     # Share the batch budget by lag, so an uneven spread doesn't leave a tiny tail batch.
@@ -97,7 +106,7 @@ def plan_batch(settings: Settings, limits: BatchLimits, run_id: str) -> BatchPla
         )
         for partition, (start, high) in starts.items()
     ]
-    return BatchPlan(run_id, topic, expected, ranges, lost)
+    return BatchPlan(run_id, topic, expected, ranges)
 
 
 @task(**TRANSIENT_RETRY)
@@ -130,7 +139,7 @@ def commit_consumer_group(settings: Settings, report: BatchReport) -> None:
     commit_group_offsets(settings, report.topic, report.offsets_to)
 
 
-@flow(name="ingest-bronze", log_prints=False, retries=1, retry_delay_seconds=5)
+@flow(name="ingest-bronze", log_prints=False)
 def ingest_flow(
     max_records: Optional[int] = None,
     max_bytes: Optional[int] = None,
@@ -154,14 +163,14 @@ def ingest_flow(
     )
     total, batches = 0, 0
     while True:
-        report = _ingest_batch(settings, limits, crash_at, logger)
+        report = replan_on_conflict(lambda: _ingest_batch(settings, limits, crash_at, logger), "ingest", logger)
         total += report["records"]
         batches += 1 if report["records"] else 0
         if report["lag_left"] == 0 or report["records"] == 0 or batches >= max_batches:
             summary = {**report, "batches": batches, "total_records": total}
             publish_counts("ingest-bronze", {
                 "records read and written": total, "batches": batches, "bytes (last batch)": report["bytes"],
-                "lag left": report["lag_left"], "lost to retention": report["lost_to_retention"],
+                "lag left": report["lag_left"],
                 "seconds (last batch)": report["seconds"], "snapshot": report["snapshot_id"],
             }, "Kafka → bronze.conversion_events_raw")
             return summary
@@ -172,9 +181,7 @@ def _ingest_batch(settings: Settings, limits: BatchLimits, crash_at: str | None,
     run_id = str(uuid.uuid4())
     # the readers are our own warm actors, not Daft's
     plan = plan_while_ray_starts(settings, plan_batch, settings, limits, run_id, daft_workers=False)
-    report = BatchReport(run_id=run_id, topic=plan.topic, lost_to_retention=sum(plan.lost_to_retention.values()))
-    if plan.lost_to_retention:
-        logger.error("records expired from Kafka before bronze read them: %s", plan.lost_to_retention)
+    report = BatchReport(run_id=run_id, topic=plan.topic)
     if not plan.ranges:
         report.seconds = round(time.monotonic() - began, 3)
         logger.info("nothing to ingest: bronze is at the high watermark of %s", plan.topic)

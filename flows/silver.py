@@ -32,7 +32,14 @@ from tasks.tables import (
     TableSpec,
     ensure_table,
 )
-from tasks.orchestration import TRANSIENT_RETRY, crash_if, emit_table_committed, publish_counts, table_lock
+from tasks.orchestration import (
+    TRANSIENT_RETRY,
+    crash_if,
+    emit_table_committed,
+    publish_counts,
+    replan_on_conflict,
+    table_lock,
+)
 
 CRASH_POINTS = ("read", "rejected-committed", "facts-committed")
 SILVER_TABLES = (SILVER_CONVERSION_EVENTS_REJECTED, SILVER_FACT_CONVERSIONS, SILVER_DIM_USERS)
@@ -175,7 +182,7 @@ def commit_users(settings: Settings, plan: SilverPlan, jobs, checked: Kept, user
     return Outcome(rows.num_rows, snapshot, {"rebuilt": len(rebuild)})
 
 
-@flow(name="promote-silver", log_prints=False, retries=1, retry_delay_seconds=5)
+@flow(name="promote-silver", log_prints=False)
 def silver_flow(
     bronze_snapshot_id: Optional[int] = None,
     settings: Optional[Settings] = None,
@@ -192,6 +199,10 @@ def silver_flow(
     settings = settings or load_settings()
     if crash_at is not None and crash_at not in CRASH_POINTS:
         raise ValueError(f"crash_at must be one of {CRASH_POINTS}, got {crash_at!r}")
+    return replan_on_conflict(lambda: _promote(settings, crash_at, logger), "silver", logger)
+
+
+def _promote(settings: Settings, crash_at: str | None, logger) -> dict:
     began = time.monotonic()
     # no Daft actors to start here: on a cluster the Daft jobs run on the warm host
     plan = plan_while_ray_starts(settings, plan_silver, settings, str(uuid.uuid4()), daft_workers=False)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import random
 import signal
 import socket
-from typing import Any, Iterator, Mapping
+import time
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -15,6 +18,7 @@ from tasks.settings import Settings
 
 COMMITTED_EVENT = "lakehouse.table.committed"
 RETRY_DELAYS = [2, 10, 30]
+T = TypeVar("T")
 
 
 def table_resource(identifier: str) -> str:
@@ -44,30 +48,69 @@ def table_lock(settings: Settings, *identifiers: str) -> Iterator[None]:
         yield
 
 
+# errno values of a network that is down or a peer that went away: worth a retry. Every other
+# OSError (a missing file, no permission, a full disk) needs a person, not a retry.
+_TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH,
+                     errno.ENETUNREACH, errno.ENETDOWN, errno.EPIPE, errno.EAGAIN}
+# What S3 over HTTP, the REST catalog and librdkafka say when a service is briefly unavailable;
+# read only from exceptions that carry no structured cause (Arrow's and Daft's OSError texts).
+_TRANSIENT_WORDS = ("connection refused", "connection reset", "timed out", "timeout", "503", "502", "504",
+                    "500 internal", "internal server error", "service unavailable", "slow down", "slowdown",
+                    "throttl", "broker transport failure", "all brokers are down", "temporarily unavailable")
+
+
 def is_transient(exc: BaseException | None) -> bool:
-    """Faults worth a retry: broker or store unreachable, S3 5xx, a catalog commit conflict.
-    Bad data never raises, it is quarantined, so it is never retried."""
+    """Faults worth retrying as they are: a broker, store or catalog briefly unreachable, S3 5xx
+    or throttling. Never bad data (it is quarantined, not raised), a missing file, a full disk, a
+    programming error, or a commit conflict: a conflict means the run's plan is stale, so the flow
+    re-plans (``replan_on_conflict``) rather than re-applying the same commit."""
     if exc is None:
         return False
-    from confluent_kafka import KafkaException
-    from pyiceberg.exceptions import CommitFailedException
+    cause = getattr(exc, "cause", None)  # a Ray actor's error (RayTaskError) carries the original
+    if isinstance(cause, BaseException) and cause is not exc:
+        return is_transient(cause)
+    from confluent_kafka import KafkaError, KafkaException
+    from pyiceberg.exceptions import ServerError, ServiceUnavailableError, TooManyRequestsError
 
-    if isinstance(exc, (KafkaException, CommitFailedException, ConnectionError, TimeoutError, socket.timeout)):
+    from tasks.commits import StaleCommitError
+
+    if isinstance(exc, (StaleCommitError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+                        ValueError, TypeError, KeyError, AttributeError, AssertionError, NotImplementedError)):
+        return False
+    if isinstance(exc, KafkaException):
+        error = exc.args[0] if exc.args else None
+        return isinstance(error, KafkaError) and (error.retriable() or error.code() in (
+            KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError._RESOLVE,
+            KafkaError.REQUEST_TIMED_OUT, KafkaError.COORDINATOR_LOAD_IN_PROGRESS))
+    if isinstance(exc, (ServerError, ServiceUnavailableError, TooManyRequestsError, ConnectionError, TimeoutError,
+                        socket.timeout)):
         return True
     try:
-        from botocore.exceptions import ClientError, EndpointConnectionError
+        from daft.exceptions import DaftTransientError
 
-        if isinstance(exc, EndpointConnectionError):
+        if isinstance(exc, DaftTransientError):
             return True
-        if isinstance(exc, ClientError):
-            return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)) >= 500
     except ImportError:  # pragma: no cover
         pass
-    if isinstance(exc, OSError):  # connection refused/reset, S3 over HTTP from pyarrow and Daft
-        return True
-    text = str(exc).lower()
-    return any(word in text for word in ("connection refused", "timed out", "503", "502", "500 internal",
-                                         "broker transport failure", "all brokers are down"))
+    try:
+        import requests
+        from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError
+
+        if isinstance(exc, (requests.ConnectionError, requests.Timeout, BotoConnectionError)):
+            return True
+        if isinstance(exc, ClientError):
+            response = exc.response or {}
+            status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            code = str(response.get("Error", {}).get("Code", ""))
+            return status >= 500 or status == 429 or code in ("SlowDown", "Throttling", "RequestTimeout")
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno in _TRANSIENT_ERRNOS
+    if isinstance(exc, (OSError, RuntimeError)):
+        text = str(exc).lower()
+        return any(word in text for word in _TRANSIENT_WORDS)
+    return False
 
 
 def retry_transient(task_, task_run, state) -> bool:
@@ -82,6 +125,29 @@ def retry_transient(task_, task_run, state) -> bool:
 # Options of every task that touches the network: no caching, backoff on transient faults only.
 TRANSIENT_RETRY = dict(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
                        retry_condition_fn=retry_transient)
+
+
+REPLAN_ATTEMPTS = 4
+REPLAN_DELAYS = [1, 3, 9]
+
+
+def replan_on_conflict(run: Callable[[], T], what: str, logger, attempts: int = REPLAN_ATTEMPTS) -> T:
+    """``run`` plans from the tables and commits; when another run committed first (a
+    ``StaleCommitError``: nothing of this attempt was committed), wait and run it again, which
+    plans from the new state. After ``attempts`` the conflict is raised."""
+    from tasks.commits import StaleCommitError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return run()
+        except StaleCommitError as exc:
+            if attempt == attempts:
+                raise
+            delay = REPLAN_DELAYS[min(attempt, len(REPLAN_DELAYS)) - 1] * random.uniform(0.8, 1.2)
+            logger.warning("%s: %s; planning again in %.1f s (attempt %d of %d)", what, exc, delay, attempt + 1,
+                           attempts)
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def crash_if(point: str, crash_at: str | None) -> None:

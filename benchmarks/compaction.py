@@ -3,8 +3,12 @@
     .venv/bin/python benchmarks/compaction.py [--files 500] [--silver-rows 1000000]
         [--gold-rows-per-file 48] [--commits 50] [--repeats 3] [--workdir /tmp/bench-compaction] [--keep]
 
+Never writes the tables of the lakehouse it is pointed at: its two tables are in a private lakehouse
+(benchmarks/private_lake.PrivateLake: SQLite catalog under the workdir, buckets
+``bench-compaction-<run>-silver`` and ``-gold`` of its own on the stack's S3), deleted at the end.
+
 A PRIVATE catalog (SQLite under the workdir; never the stack's REST catalog or its tables) whose two
-tables live on the stack's S3 (SeaweedFS), each under a prefix of its own in its layer's bucket:
+tables live on the stack's S3 (SeaweedFS), each in a private bucket of its layer:
 
 * silver: ``silver.fact_conversions``-shaped (schema v1 + the v2 columns, day-partitioned on
   occurred_at), one day of ``--silver-rows`` synthetic facts (benchmarks/gold_build.synth_facts);
@@ -24,8 +28,8 @@ micro-batches would leave them, minus the per-commit cost of landing 500 commits
    time and throughput (source bytes rewritten / seconds);
 4. 1 and 2 again.
 
-Writes benchmarks/results/compaction.json. Prints figures; never asserts. The objects are deleted at
-the end unless --keep.
+Writes benchmarks/results/compaction.json. Prints figures; never asserts. The private buckets and
+everything in them are deleted at the end unless --keep.
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ import shutil
 import statistics
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -53,17 +56,19 @@ TARGET_FILES_PER_DAY_AFTER = 2  # the issue's compaction test: at most 2 files i
 MB = 1024**2
 
 
-def private_settings(workdir: Path):
-    """The stack's S3 and Ray head with a private SQLite catalog under ``workdir``."""
-    for key in [k for k in os.environ if k.startswith("LAKEHOUSE_")]:
-        del os.environ[key]
+def private_lake(workdir: Path):
+    """The stack's S3 and Ray head with a private SQLite catalog under ``workdir`` and private
+    silver and gold buckets (created here; PrivateLake.drop deletes them)."""
+    from private_lake import PrivateLake, clear_lakehouse_env
+
+    clear_lakehouse_env()
     from tasks.compute import ray_client_env
     from tasks.settings import load_settings
 
-    settings = load_settings(STACK_CONFIG, state_dir=str(ROOT / ".lakehouse"), catalog_type="sql",
-                             catalog_uri=f"sqlite:///{workdir / 'catalog.db'}")
-    os.environ.update(ray_client_env(settings))  # before Ray is imported: it reads them once
-    return settings
+    base = load_settings(STACK_CONFIG, state_dir=str(ROOT / ".lakehouse"))
+    lake = PrivateLake(base, "compaction", workdir=workdir, layers=("silver", "gold"))
+    os.environ.update(ray_client_env(lake.settings))  # before Ray is imported: it reads them once
+    return lake
 
 
 # ---- the two days ---------------------------------------------------------------------------------
@@ -94,14 +99,10 @@ def gold_rows(n: int, seed: int):
     })
 
 
-def create(catalog, settings, spec, layer: str, run: str, v2_columns=()):
-    location = f"s3://{settings.bucket(layer)}/benchmarks/compaction-{run}/{spec.name}"
-    try:
-        catalog.create_namespace(layer)
-    except Exception:  # noqa: BLE001 - exists
-        pass
+def create(catalog, settings, spec, v2_columns=()):
+    """The table in the private lakehouse, in its layer's private bucket (the namespace exists)."""
     table = catalog.create_table(spec.identifier, schema=spec.schema, partition_spec=spec.partition_spec,
-                                 location=location, properties=spec.properties)
+                                 location=spec.location(settings), properties=spec.properties)
     if v2_columns:
         with table.update_schema() as update:
             for name, kind in v2_columns:
@@ -232,14 +233,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="reads per reader and state")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", default="/tmp/bench-compaction")
-    parser.add_argument("--keep", action="store_true", help="keep the tables' objects on S3")
+    parser.add_argument("--keep", action="store_true", help="keep the private buckets and the tables' objects on S3")
     parser.add_argument("--result", default=None, help=f"JSON to write (default {RESULT.relative_to(ROOT)})")
     args = parser.parse_args()
 
     workdir = Path(args.workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    settings = private_settings(workdir)
+    lake = private_lake(workdir)
+    settings = lake.settings
     import logging
 
     import daft
@@ -249,25 +251,25 @@ def main() -> None:
     daft.set_runner_native()  # reads as `lakehouse sql` runs them; compaction's rewrite goes to the Ray head
 
     from tasks.catalog import open_catalog
-    from tasks.maintenance.storage import delete_files, list_files
     from tasks.tables import GOLD_HOURLY_API_USAGE, SILVER_FACT_CONVERSIONS, V2_FACT_COLUMNS
 
-    run = uuid.uuid4().hex[:8]
     result: dict = {"benchmark": "compaction", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
                     "params": {"files": args.files, "silver_rows": args.silver_rows,
                                "gold_rows_per_file": args.gold_rows_per_file, "commits": args.commits,
                                "repeats": args.repeats, "seed": args.seed, "day": str(DAY),
-                               "store": "SeaweedFS S3 of the stack, private SQLite catalog",
+                               "store": "SeaweedFS S3 of the stack in private buckets, private SQLite catalog",
+                               "lakehouse": lake.describe(),
                                "compaction_runs_on": f"Ray head ({settings.ray_address})",
                                "target_file_mb": settings.maintenance_target_file_bytes / MB,
                                "small_file_mb": settings.maintenance_small_file_bytes / MB},
                     "targets": {"files_per_day_after_max": TARGET_FILES_PER_DAY_AFTER,
                                 "note": "the issue sets no read-time or throughput target"}}
-    catalog = open_catalog(settings)
-    silver = create(catalog, settings, SILVER_FACT_CONVERSIONS, "silver", run, V2_FACT_COLUMNS)
-    gold = create(catalog, settings, GOLD_HOURLY_API_USAGE, "gold", run)
     try:
+        lake.create()
+        catalog = open_catalog(settings)
+        silver = create(catalog, settings, SILVER_FACT_CONVERSIONS, V2_FACT_COLUMNS)
+        gold = create(catalog, settings, GOLD_HOURLY_API_USAGE)
         began = time.perf_counter()
         facts = silver_rows(args.silver_rows, args.seed)
         synth = time.perf_counter() - began
@@ -280,9 +282,9 @@ def main() -> None:
         result["gold"] = measure("gold", gold, settings, args.repeats)
     finally:
         if not args.keep:
-            for table in (silver, gold):
-                prefix = table.location().rsplit("/", 1)[0]
-                delete_files([f.uri for f in list_files(prefix, settings)], settings)
+            lake.drop()
+        else:
+            print(f"kept the private lakehouse {lake.describe()}", flush=True)
     result["targets"]["met"] = all(result[t]["after"]["files"] <= TARGET_FILES_PER_DAY_AFTER for t in ("silver", "gold"))
     result["machine"] = {"cpus": os.cpu_count(), "load_avg_1m_at_end": round(os.getloadavg()[0], 2)}
     summary = {t: {"read_before_s": {r: result[t]["read_before"][r]["median_s"] for r in ("daft", "pyiceberg")},

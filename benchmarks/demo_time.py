@@ -4,6 +4,15 @@ cold: a new, empty state folder (services initialised, deployments created, an e
       the Maven, Go and uv caches are warm, as on any machine after its first install.
 warm: the same command again on that state folder, with the services still running.
 Both runs are measured in the same process, one after the other.
+
+Never writes the tables of the lakehouse it is pointed at: ``lakehouse demo`` builds a whole
+lakehouse by design, so it runs with the LAKEHOUSE_* variables dropped but LAKEHOUSE_STATE_DIR, a
+new temporary folder (and, for --profile stack, LAKEHOUSE_CONFIG=infra/stack.toml): its own catalog
+and warehouse (embedded) or its own SeaweedFS, REST catalog and Ray head (--profile stack), its own
+Kafka, Prefect server, worker and deployments, on the default ports. If one of those ports is taken
+(the lakehouse's own stack is up), ``stack up`` refuses and so does this benchmark: it never talks to
+another lakehouse's services. Its services are stopped (``stack down`` on that folder) before the
+folder is deleted, even after a failure.
 """
 
 from __future__ import annotations
@@ -40,13 +49,15 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lakehouse-demo-") as tmp:
         state = Path(tmp) / "state"
-        figures = {
-            "profile": args.profile,
-            "events": args.events,
-            "cold_s": run(state, args.profile, args.events, "demo"),
-            "warm_s": run(state, args.profile, args.events, "demo"),
-        }
-        run(state, args.profile, args.events, "stack", "down")
+        try:
+            figures = {
+                "profile": args.profile,
+                "events": args.events,
+                "cold_s": run(state, args.profile, args.events, "demo"),
+                "warm_s": run(state, args.profile, args.events, "demo"),
+            }
+        finally:  # the private services, before their folder goes
+            run(state, args.profile, args.events, "stack", "down")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(figures, indent=2) + "\n")
     for name, value in figures.items():

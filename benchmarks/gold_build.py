@@ -3,6 +3,11 @@
     .venv/bin/python benchmarks/gold_build.py [--days 30] [--events-per-day 1000000] [--late 100]
         [--incremental-runs 3] [--runners ray] [--workdir /tmp/bench-gold] [--rebuild] [--profile]
 
+Never writes the tables of the lakehouse it is pointed at: every table is in a private lakehouse
+(benchmarks/private_lake.file_lake: SQLite catalog and file warehouse under the workdir), and the
+builds' commit events and artifacts are renamed (private_lake.isolate_prefect), so neither a
+deployment trigger nor the lakehouse's own artifacts (``gold-latest-day`` ...) see them.
+
 Builds a PRIVATE lakehouse (SQLite catalog, file warehouse under the workdir; never the stack's
 REST catalog) whose silver is written directly: ``--days`` days × ``--events-per-day`` facts in
 silver.fact_conversions (schema v1 + the v2 columns, conformed with tasks.commits.conform; one
@@ -46,7 +51,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from silver_promotion import ROOT, flow_attempts, mb, private_settings, reset  # noqa: E402
+from private_lake import file_lake, isolate_prefect  # noqa: E402
+from silver_promotion import ROOT, flow_attempts, mb, reset  # noqa: E402
 from silver_promotion import run_measured as _run_measured  # noqa: E402
 
 
@@ -260,7 +266,7 @@ def build_silver(lake: Path, days: int, per_day: int, seed: int) -> dict:
 
     if lake.exists():
         shutil.rmtree(lake)
-    settings = private_settings(lake)
+    settings = file_lake(lake)
     catalog = open_catalog(settings)
     ensure_namespaces(catalog, settings)
     began = time.monotonic()
@@ -302,7 +308,7 @@ def append_late(lake: Path, days: int, late: int, late_day_index: int, seed: int
     from tasks.commits import conform
     from tasks.tables import SILVER_FACT_CONVERSIONS
 
-    settings = private_settings(lake)
+    settings = file_lake(lake)
     table = open_catalog(settings).load_table(SILVER_FACT_CONVERSIONS.identifier)
     day = (END - timedelta(days=days)).date() + timedelta(days=late_day_index)
     rows = synth_facts(Rand(seed + 1), Population(days, seed), day, late, 10**12,
@@ -350,7 +356,8 @@ def warm_up(settings, runner: str) -> None:
 def child_gold(ns) -> None:
     """gold_flow on one runner with its tasks and per-table compute+commit timed."""
     began = time.monotonic()
-    settings = private_settings(Path(ns.lake))
+    settings = file_lake(Path(ns.lake))
+    isolate_prefect(settings)  # private commit events and artifact keys
     if ns.runner == "native":
         import daft
 
@@ -496,7 +503,7 @@ def child_duckdb(ns) -> None:
     from tasks.catalog import open_catalog
     from tasks.tables import GOLD_DAILY_CONVERSION_METRICS, SILVER_FACT_CONVERSIONS
 
-    settings = private_settings(Path(ns.lake))
+    settings = file_lake(Path(ns.lake))
     catalog = open_catalog(settings)
     out = {}
     t = time.monotonic()

@@ -2,6 +2,11 @@
 
     .venv/bin/python benchmarks/ingest_rate.py [--events 1000000] [--keep]
 
+Never writes the tables of the lakehouse it is pointed at: it ingests into a private lakehouse
+(benchmarks/private_lake.PrivateLake: SQLite catalog in a temporary folder, buckets
+``bench-ingest-rate-<run>-bronze`` on the same S3, consumer group of its own) from topics of its own,
+with its commit events and artifacts renamed so no deployment of the lakehouse is triggered.
+
 1. produces ``--events`` simulator events (small dirty rates) to each of two fresh 3-partition topics;
 2. (a) reads one back with a bare consume loop (one consumer, all partitions assigned from the
    start, ``consume(num_messages=10000)``, touching value/key/offset only), before and after (b, c);
@@ -14,9 +19,11 @@ Each measures launch → last bronze commit (the Iceberg snapshot's own timestam
 inside the flows, with a per-phase breakdown from the Prefect log lines.
 
 Writes benchmarks/results/ingest_rate.json. Prints figures; never asserts. Topics are unique per
-run and deleted at the end (unless --keep). The ingested rows stay in the shared
-bronze.conversion_events_raw table under the benchmark topic's name, like the tests' rows do.
-The helpers here are shared with benchmarks/ingest_rss.py.
+run; they, the private buckets (with the bronze files), the consumer group and the catalog are
+deleted at the end (unless --keep). The ingest runs through ``benchmarks/private_lake.py cli``: the
+``lakehouse`` command with ``isolate_prefect`` applied (see there). Step (b) retires the bronze
+writer actors, which every lakehouse on the Ray head shares: a concurrent ingest of another
+lakehouse starts them again. The helpers here are shared with benchmarks/ingest_rss.py.
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LAKEHOUSE_CONFIG", str(ROOT / "infra" / "stack.toml"))
 
-from tasks.kafka import admin_client, consumer_config, ensure_topic, watermarks  # noqa: E402
+from private_lake import PrivateLake, child_env, cli_command, drop_topic, private_topic  # noqa: E402
+from tasks.kafka import consumer_config, watermarks  # noqa: E402
 from tasks.settings import Settings, load_settings  # noqa: E402
 from tasks.simulator import TrafficProfile, produce  # noqa: E402
 
@@ -53,24 +61,29 @@ TARGET_RATE = 100_000
 # ---- shared helpers (also used by ingest_rss.py) ------------------------------------------------
 
 def base_settings() -> Settings:
+    """The lakehouse the benchmark is pointed at: only its services are used, never its tables."""
     return load_settings()
 
 
+def private_lake(label: str) -> PrivateLake:
+    """A private lakehouse on the base settings' S3, with its bronze table created (so the first
+    measured run does not create it)."""
+    from tasks.catalog import open_catalog
+    from tasks.tables import BRONZE_CONVERSION_EVENTS_RAW, ensure_table
+
+    lake = PrivateLake(base_settings(), label, layers=("bronze",))
+    try:
+        lake.create()
+        ensure_table(open_catalog(lake.settings), lake.settings, BRONZE_CONVERSION_EVENTS_RAW)
+    except BaseException:
+        lake.drop()
+        raise
+    return lake
+
+
 def new_topic(settings: Settings, label: str) -> Settings:
-    """A fresh, uniquely named topic with 3 partitions; returns settings pointing at it."""
-    topic = f"bench-{label}-{uuid.uuid4().hex[:10]}"
-    ensure_topic(settings, topic, partitions=PARTITIONS)
-    return settings.model_copy(update={"kafka_topic": topic})
-
-
-def drop_topic(settings: Settings, topic: str) -> None:
-    admin = admin_client(settings)
-    if topic not in admin.list_topics(timeout=10).topics:
-        return
-    admin.delete_topics([topic])[topic].result(timeout=30)
-    deadline = time.monotonic() + 30
-    while topic in admin.list_topics(timeout=10).topics and time.monotonic() < deadline:
-        time.sleep(0.2)
+    """A fresh, uniquely named ``bench-...`` topic with 3 partitions; returns settings pointing at it."""
+    return private_topic(settings, label, partitions=PARTITIONS)
 
 
 def produce_backlog(settings: Settings, events: int) -> dict:
@@ -216,12 +229,13 @@ def run_cli_ingest(settings: Settings, env: dict | None = None, args: tuple[str,
                    watcher: Callable[[int, threading.Event], None] | None = None, attempts: int = 5) -> dict:
     """``lakehouse run ingest --until-caught-up`` as a subprocess, retried when a concurrent run committed first.
 
+    The child gets exactly ``settings`` (a private lakehouse's) as LAKEHOUSE_* and runs the CLI
+    through benchmarks/private_lake.py, so its commit events and artifacts are private too.
     ``watcher(pid, stop)`` runs in a thread while each attempt's process lives (RSS sampling).
     Returns the reports, the launch and exit times, and the captured logs.
     """
-    command = [str(ROOT / ".venv" / "bin" / "lakehouse"), "run", "ingest", "--until-caught-up", *args]
-    full_env = {**os.environ, "LAKEHOUSE_CONFIG": os.environ["LAKEHOUSE_CONFIG"],
-                "LAKEHOUSE_KAFKA_TOPIC": settings.kafka_topic, **(env or {})}
+    command = cli_command("run", "ingest", "--until-caught-up", *args)
+    full_env = child_env(settings, **(env or {}))
     runs = []
     launched = time.time()
     for attempt in range(attempts):
@@ -353,15 +367,18 @@ def measure_cli(settings: Settings, label: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--keep", action="store_true", help="keep the benchmark topics afterwards")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the benchmark topics and the private lakehouse (catalog, buckets) afterwards")
     args = parser.parse_args()
 
-    settings = base_settings()
+    lake = private_lake("ingest-rate")
+    settings = lake.settings
     topics = []
     result: dict = {"benchmark": "ingest_rate", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
                     "events": args.events, "targets": {"ratio_to_bare_loop": TARGET_RATIO,
-                                                       "events_per_s": TARGET_RATE}}
+                                                       "events_per_s": TARGET_RATE},
+                    "lakehouse": lake.describe()}
     try:
         cold, warm = new_topic(settings, "ingest-cold"), new_topic(settings, "ingest-warm")
         topics += [cold.kafka_topic, warm.kafka_topic]
@@ -406,6 +423,9 @@ def main() -> None:
                     drop_topic(settings, topic)
                 except Exception as exc:  # noqa: BLE001 - report, keep cleaning up
                     print(f"could not delete topic {topic}: {exc}", file=sys.stderr)
+            lake.drop()
+        else:
+            print(f"kept topics {topics} and the private lakehouse {lake.describe()}", file=sys.stderr)
     result["machine"] = machine()
     write_result(RESULT, result)
 

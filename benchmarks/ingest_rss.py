@@ -2,6 +2,11 @@
 
     .venv/bin/python benchmarks/ingest_rss.py [--events 5000000] [--interval 0.2] [--keep]
 
+Never writes the tables of the lakehouse it is pointed at: it drains into a private lakehouse
+(benchmarks/private_lake.PrivateLake via ingest_rate.private_lake: SQLite catalog, buckets
+``bench-ingest-rss-<run>-bronze`` on the same S3, consumer group of its own) from a topic of its own,
+with its commit events and artifacts renamed so no deployment of the lakehouse is triggered.
+
 Produces ``--events`` simulator events to a fresh 3-partition topic, then drains them with the CLI
 in a subprocess while sampling /proc every ``--interval`` seconds:
 
@@ -12,8 +17,9 @@ in a subprocess while sampling /proc every ``--interval`` seconds:
   not the ingest process), identified by their process title ``ray::BronzeWriter``;
 * the raylet (it maps the object store) and the machine's MemAvailable.
 
-Writes benchmarks/results/ingest_rss.json. Prints figures; never asserts. The topic is unique and
-deleted at the end (unless --keep); the rows stay in bronze under its name, as the tests' rows do.
+Writes benchmarks/results/ingest_rss.json. Prints figures; never asserts. The topic is unique; it
+and the private lakehouse (buckets with the bronze files, consumer group, catalog) are deleted at
+the end (unless --keep).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ingest_rate import (  # noqa: E402
-    PARTITIONS, ROOT, base_settings, drop_topic, machine, new_topic, parse_phases, produce_backlog,
+    PARTITIONS, ROOT, drop_topic, machine, new_topic, parse_phases, private_lake, produce_backlog,
     run_cli_ingest, summarize_cli, write_result,
 )
 
@@ -191,10 +197,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=5_000_000)
     parser.add_argument("--interval", type=float, default=0.2, help="sampling period, seconds")
-    parser.add_argument("--keep", action="store_true", help="keep the benchmark topic afterwards")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the benchmark topic and the private lakehouse (catalog, buckets) afterwards")
     args = parser.parse_args()
 
-    settings = base_settings()
+    lake = private_lake("ingest-rss")
+    settings = lake.settings
     result: dict = {"benchmark": "ingest_rss", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
                     "events": args.events, "interval_s": args.interval,
@@ -202,10 +210,12 @@ def main() -> None:
                     "limits": {"ingest_max_records": settings.ingest_max_records,
                                "ingest_max_bytes": settings.ingest_max_bytes,
                                "ingest_max_seconds": settings.ingest_max_seconds,
-                               "ray_object_store_mb": settings.ray_object_store_mb}}
-    s = new_topic(settings, "ingest-rss")
-    result["topic"] = s.kafka_topic
+                               "ray_object_store_mb": settings.ray_object_store_mb},
+                    "lakehouse": lake.describe()}
+    topic = None
     try:
+        s = new_topic(settings, "ingest-rss")
+        topic = result["topic"] = s.kafka_topic
         print(f"producing {args.events:,} events to {s.kafka_topic} ({PARTITIONS} partitions) ...", flush=True)
         result["produce"] = produce_backlog(s, args.events)
         print(f"  produced {result['produce']['bytes'] / 1e6:,.0f} MB in {result['produce']['seconds']} s "
@@ -217,7 +227,13 @@ def main() -> None:
         cli = summarize_cli(s, raw)
     finally:
         if not args.keep:
-            drop_topic(settings, s.kafka_topic)
+            try:
+                if topic:
+                    drop_topic(settings, topic)
+            finally:
+                lake.drop()
+        else:
+            print(f"kept topic {topic} and the private lakehouse {lake.describe()}", file=sys.stderr)
 
     jobs = sampler.reader_jobs()
     ours = [w for w in sampler.workers.values() if any("BronzeWriter" in t for t in w["titles"])]

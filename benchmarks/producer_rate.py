@@ -2,8 +2,11 @@
 
     .venv/bin/python benchmarks/producer_rate.py [--events 1000000] [--keep]
 
-Writes benchmarks/results/producer_rate.json. The benchmark topic is recreated at the start and
+Never writes the tables of the lakehouse it is pointed at: it writes no table at all, and produces only
+to a new topic of its own (``bench-producer-rate-<hex>``, never the lakehouse's ``kafka_topic``),
 deleted at the end (unless --keep), so repeated runs do not pile up data on the broker.
+
+Writes benchmarks/results/producer_rate.json.
 """
 
 from __future__ import annotations
@@ -21,13 +24,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from private_lake import drop_topic, private_topic  # noqa: E402
 from tasks.settings import load_settings  # noqa: E402
 from tasks.simulator import TrafficProfile, generate, produce  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "producer_rate.json"
-TOPIC = "benchmark-producer-rate"
 PARTITIONS = 3
 
 
@@ -43,31 +46,13 @@ def measure_generation(profile: TrafficProfile) -> dict:
             "events_per_s": round(count / seconds), "mb_per_s": round(size / 1e6 / seconds, 1)}
 
 
-def recreate_topic(admin: AdminClient, topic: str) -> None:
-    """A fresh topic each run; the topic limit admits the multi-MB values whatever the broker says."""
-    drop_topic(admin, topic)
-    admin.create_topics(
-        [NewTopic(topic, PARTITIONS, 1, config={"max.message.bytes": str(16 * 1024 * 1024)})]
-    )[topic].result(timeout=30)
-
-
-def drop_topic(admin: AdminClient, topic: str) -> None:
-    if topic not in admin.list_topics(timeout=10).topics:
-        return
-    admin.delete_topics([topic])[topic].result(timeout=30)
-    deadline = time.monotonic() + 30
-    while topic in admin.list_topics(timeout=10).topics and time.monotonic() < deadline:
-        time.sleep(0.2)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--topic", default=TOPIC)
     parser.add_argument("--keep", action="store_true", help="keep the benchmark topic afterwards")
     args = parser.parse_args()
 
-    settings = load_settings().model_copy(update={"kafka_topic": args.topic})
+    base = load_settings()
     profile = TrafficProfile(
         events=args.events, rate=0, duplicate_rate=0.01, late_rate=0.01, malformed_rate=0.001,
         wrong_conversion_rate=0.0005, v2_share=0.3, end=datetime.now(timezone.utc).replace(microsecond=0),
@@ -77,14 +62,14 @@ def main() -> None:
     print(f"  generate          {generation['events_per_s']:>10,} events/s  {generation['mb_per_s']:>7} MB/s"
           f"  ({generation['seconds']} s)", flush=True)
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    recreate_topic(admin, args.topic)
-    print(f"producing {args.events:,} events to {args.topic} ({PARTITIONS} partitions) ...", flush=True)
+    # a fresh topic each run (ensure_topic's limit admits the multi-MB values whatever the broker says)
+    settings = private_topic(base, "producer-rate", partitions=PARTITIONS)
+    print(f"producing {args.events:,} events to {settings.kafka_topic} ({PARTITIONS} partitions) ...", flush=True)
     try:
         report = produce(settings, profile)
     finally:
         if not args.keep:
-            drop_topic(admin, args.topic)
+            drop_topic(settings, settings.kafka_topic)
     producing = {"events": report.events, "bytes": report.bytes, "seconds": round(report.seconds, 3),
                  "events_per_s": round(report.rate), "mb_per_s": round(report.mb_per_second, 1),
                  "partitions": report.partitions, "per_kind": report.per_kind,
@@ -97,6 +82,7 @@ def main() -> None:
         "benchmark": "producer_rate",
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "events": args.events,
+        "topic": settings.kafka_topic,
         "profile": {"duplicate_rate": profile.duplicate_rate, "late_rate": profile.late_rate,
                     "malformed_rate": profile.malformed_rate,
                     "wrong_conversion_rate": profile.wrong_conversion_rate, "v2_share": profile.v2_share},

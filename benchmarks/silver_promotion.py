@@ -5,8 +5,15 @@
         [--workdir /tmp/bench-silver] [--rebuild] [--profile]
 
 One simulator stream of history + events records (5% duplicates, 2% malformed, 1% late) is
-generated once and cached in the workdir. Two PRIVATE lakehouses (SQLite catalog, file warehouse
-under the workdir; never the stack's REST catalog) are built from it:
+generated once and cached in the workdir.
+
+Never writes the tables of the lakehouse it is pointed at: every table is in a private lakehouse
+(benchmarks/private_lake.file_lake: SQLite catalog and file warehouse under the workdir), and the
+promotions' commit events and artifacts are renamed (private_lake.isolate_prefect) so that no
+deployment of the lakehouse (gold listens to silver commits) is triggered.
+
+Two PRIVATE lakehouses (SQLite catalog, file warehouse under the workdir; never the stack's REST
+catalog) are built from it:
 
 * ``big``: silver.fact_conversions holds the first ``--history`` records' facts (validated and
   deduplicated with the project's own silver transforms on Daft's native runner, then appended
@@ -49,6 +56,10 @@ import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from private_lake import file_lake, isolate_prefect  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "silver_promotion.json"
 TOPIC = "conversion-events"
@@ -61,24 +72,7 @@ TARGET_VS_UPSERT = 30.0
 KB = 1024
 
 
-# ---- settings of a private lakehouse --------------------------------------------------------------
-
-def private_settings(lake: Path, ray_address: str = "auto"):
-    """A private lakehouse: SQLite catalog and file warehouse under ``lake``; Ray head of the stack."""
-    for key in [k for k in os.environ if k.startswith("LAKEHOUSE_")]:
-        del os.environ[key]
-    from tasks.settings import load_settings
-
-    (lake / "warehouse").mkdir(parents=True, exist_ok=True)
-    return load_settings(
-        profile="embedded",
-        state_dir=str(ROOT / ".lakehouse"),  # the stack's Ray auth token lives there
-        catalog_uri=f"sqlite:///{lake / 'catalog.db'}",
-        warehouse=(lake / "warehouse").as_uri(),
-        ray_address=ray_address,
-        daft_host_idle_seconds=120,  # each private lake has its own warm Daft host: not for long
-    )
-
+# ---- child processes ----------------------------------------------------------------------------
 
 def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_")}
@@ -218,7 +212,7 @@ def build_lakehouse(lake: Path, history, new) -> dict:
 
     if lake.exists():
         shutil.rmtree(lake)
-    settings = private_settings(lake)
+    settings = file_lake(lake)
     catalog = open_catalog(settings)
     ensure_namespaces(catalog, settings)
     began = time.monotonic()
@@ -417,7 +411,8 @@ def child_promote(ns) -> None:
     """silver_flow on one runner, with its tasks timed."""
     began = time.monotonic()
     lake = Path(ns.lake)
-    settings = private_settings(lake)
+    settings = file_lake(lake)
+    isolate_prefect(settings)  # its silver commit events must not trigger the lakehouse's gold deployment
     if ns.runner == "native":
         import daft
 
@@ -427,11 +422,12 @@ def child_promote(ns) -> None:
         compute._configured = "native"  # silver_flow's use_ray() becomes a no-op
     elif ns.runner == "ray-cold":  # no warm Daft host: this run starts one (the first run after a deploy)
         from tasks.compute import use_ray
-        from tasks.daft_host import NAME_PREFIX
+        from tasks.daft_host import NAME_PREFIX, code_version
         from tasks.warm_actors import retire_stale
 
         use_ray(settings)
-        retire_stale(NAME_PREFIX, keep=None)
+        # only this private lakehouse's host (named by its catalog), never the stack's own
+        retire_stale(f"{NAME_PREFIX}{code_version()}-{settings.catalog_tag}", keep=None)
         time.sleep(2.0)  # let Ray reap the killed actors' processes before the clock starts
     import flows.silver as fs
 
@@ -634,7 +630,7 @@ def child_duckdb(ns) -> None:
     lake, out_dir = Path(ns.lake), Path(ns.lake) / "duckdb-out"
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir()
-    settings = private_settings(lake)
+    settings = file_lake(lake)
     spans: dict[str, float] = {}
     began = time.monotonic()
 
@@ -764,7 +760,7 @@ def child_upsert(ns) -> None:
     from tasks.tables import SILVER_FACT_CONVERSIONS
 
     lake = Path(ns.lake)
-    settings = private_settings(lake)
+    settings = file_lake(lake)
     catalog = open_catalog(settings)
     source = catalog.load_table(SILVER_FACT_CONVERSIONS.identifier)
     copy = catalog.register_table("silver.fact_conversions_upsert_copy", source.metadata_location)

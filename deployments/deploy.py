@@ -99,6 +99,7 @@ def deploy(settings: Settings) -> DeployResult:
         **{k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_")},
         "PREFECT_API_URL": settings.prefect_api_url,
         "LAKEHOUSE_PROJECT_DIR": str(PROJECT_DIR),
+        "LAKEHOUSE_CATALOG_TAG": settings.catalog_tag,  # the triggers match this lakehouse's commits only
     }
     prefect = str(Path(sys.executable).with_name("prefect"))
     done = subprocess.run(

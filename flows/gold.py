@@ -172,7 +172,7 @@ def _replace(settings: Settings, spec: TableSpec, plan: GoldPlan, rows: pa.Table
     snapshot = commit_rows(table, conform(rows, table), summary,
                            still_current=lambda t: upstream_snapshot(t, UPSTREAM) == expected,
                            delete_filter=delete_filter)
-    emit_table_committed(spec.identifier, "gold", snapshot, plan.run_id, rows_written=rows.num_rows,
+    emit_table_committed(settings, spec.identifier, "gold", snapshot, plan.run_id, rows_written=rows.num_rows,
                          upstream_snapshot_id=plan.upto)
     return snapshot
 

@@ -19,10 +19,10 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.bronze_writers import WrittenRange, write_ranges
 from tasks.catalog import open_catalog
-from tasks.commits import Offsets, append_files_with_offsets, latest_offsets
+from tasks.commits import Offsets, append_files_with_offsets, append_with_offsets, latest_offsets
 from tasks.compute import plan_while_ray_starts, use_ray
 from tasks.kafka import PartitionRange, commit_group_offsets, watermarks
-from tasks.offsets import OffsetsOutOfRangeError, offset_problems
+from tasks.offsets import RESET_KEY, OffsetsOutOfRangeError, encode_reset, offset_problems, plan_reset
 from tasks.settings import Settings, load_settings
 from tasks.tables import BRONZE_CONVERSION_EVENTS_RAW, ensure_table
 from tasks.orchestration import (
@@ -203,7 +203,7 @@ def _ingest_batch(settings: Settings, limits: BatchLimits, crash_at: str | None,
     report.seconds = round(time.monotonic() - began, 3)
     report.snapshot_id = commit_batch(settings, plan, batches, report, crash_at)
     commit_consumer_group(settings, report)
-    emit_table_committed(BRONZE_CONVERSION_EVENTS_RAW.identifier, "bronze", report.snapshot_id, report.run_id,
+    emit_table_committed(settings, BRONZE_CONVERSION_EVENTS_RAW.identifier, "bronze", report.snapshot_id, report.run_id,
                          rows_written=report.records)
     report.seconds = round(time.monotonic() - began, 3)
     logger.info(
@@ -213,3 +213,27 @@ def _ingest_batch(settings: Settings, limits: BatchLimits, crash_at: str | None,
         report.lag_left, report.seconds, report.snapshot_id, report.files, report.read_seconds, report.write_seconds,
     )
     return report.as_dict()
+
+
+def reset_offsets(settings: Settings, to: str, partitions: list[int] | None, reason: str,
+                  dry_run: bool = False) -> dict:
+    """The audited way to move bronze's offsets (``lakehouse ingest reset``): one bronze commit with
+    no rows whose summary holds the new offsets and, under ``lakehouse.ingest.reset``, each
+    partition's decision. Returns the decisions and the snapshot id (None on a dry run)."""
+    table = ensure_table(open_catalog(settings), settings, BRONZE_CONVERSION_EVENTS_RAW)
+    expected = latest_offsets(table)
+    topic = settings.kafka_topic
+    decisions = plan_reset(topic, expected.get(topic, {}), watermarks(settings, topic), to, partitions, reason)
+    result = {"topic": topic, "decisions": [d.as_dict() for d in decisions], "snapshot_id": None}
+    if dry_run:
+        return result
+    next_offsets = {t: dict(ps) for t, ps in expected.items()}
+    next_offsets.setdefault(topic, {}).update({d.partition: d.to_offset for d in decisions})
+    run_id = f"reset-{uuid.uuid4()}"
+    empty = table.schema().as_arrow().empty_table()
+    with table_lock(settings, BRONZE_CONVERSION_EVENTS_RAW.identifier):
+        result["snapshot_id"] = append_with_offsets(table, empty, expected, next_offsets, run_id,
+                                                    {"reset": result["decisions"]},
+                                                    extra={RESET_KEY: encode_reset(decisions)})
+    return result
+

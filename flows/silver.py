@@ -232,7 +232,7 @@ def _promote(settings: Settings, crash_at: str | None, logger) -> dict:
     for spec, outcome in zip(SILVER_TABLES, (quarantined, promoted, dimension)):
         if outcome.snapshot_id is not None:
             report.committed[spec.identifier] = outcome.snapshot_id
-            emit_table_committed(spec.identifier, "silver", outcome.snapshot_id, report.run_id,
+            emit_table_committed(settings, spec.identifier, "silver", outcome.snapshot_id, report.run_id,
                                  rows_written=outcome.rows, rows_rejected=report.rejected,
                                  upstream_snapshot_id=report.bronze_to)
     publish_counts("promote-silver", {

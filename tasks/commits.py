@@ -177,11 +177,13 @@ def append_with_offsets(
     run_id: str,
     report: Mapping[str, object],
     on_stage: Callable[[str], None] = lambda stage: None,
+    extra: Mapping[str, str] | None = None,
 ) -> int:
-    """Append bronze rows in one snapshot that records ``next_offsets``; refuse if offsets moved."""
+    """Append bronze rows in one snapshot that records ``next_offsets`` (and ``extra`` summary
+    properties); refuse if offsets moved."""
     return _commit_with_offsets(
         lambda summary, current: commit_rows(table, rows, summary, current, on_stage=on_stage),
-        expected, next_offsets, run_id, report,
+        expected, next_offsets, run_id, report, extra,
     )
 
 
@@ -207,9 +209,11 @@ def _commit_with_offsets(
     next_offsets: Offsets,
     run_id: str,
     report: Mapping[str, object],
+    extra: Mapping[str, str] | None = None,
 ) -> int:
+    summary = {**_offsets_summary(next_offsets, run_id, report), **(extra or {})}
     try:
-        return commit(_offsets_summary(next_offsets, run_id, report), lambda t: latest_offsets(t) == expected)
+        return commit(summary, lambda t: latest_offsets(t) == expected)
     except StaleCommitError as exc:
         raise OffsetsMovedError(str(exc)) from exc
 

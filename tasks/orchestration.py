@@ -158,6 +158,7 @@ def crash_if(point: str, crash_at: str | None) -> None:
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
 def emit_table_committed(
+    settings: Settings,
     identifier: str,
     layer: str,
     snapshot_id: int,
@@ -166,12 +167,15 @@ def emit_table_committed(
     rows_rejected: int = 0,
     upstream_snapshot_id: int | None = None,
 ) -> None:
-    """Announce a commit; the next layer's deployment trigger listens for it."""
+    """Announce a commit; the next layer's deployment trigger listens for it. The resource names
+    the catalog (``lakehouse.catalog``), and `lakehouse deploy` makes the triggers match only their
+    own catalog's commits: a test's or benchmark's private lakehouse never triggers the stack's."""
     from prefect.events import emit_event
 
     emit_event(
         event=COMMITTED_EVENT,
-        resource={"prefect.resource.id": table_resource(identifier), "lakehouse.layer": layer},
+        resource={"prefect.resource.id": table_resource(identifier), "lakehouse.layer": layer,
+                  "lakehouse.catalog": settings.catalog_tag},
         payload={
             "table": identifier,
             "snapshot_id": snapshot_id,

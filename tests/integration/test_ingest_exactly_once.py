@@ -196,3 +196,47 @@ def test_transactional_producer_racing_ingest_runs_lands_exactly_the_committed_r
     missing = committed - set(values)
     assert not missing, f"{len(missing)} of {len(committed)} committed records never reached bronze"
     assert len(values) == len(committed)
+
+
+def test_records_deleted_before_ingest_stop_it_loudly_until_an_audited_reset(topic_settings):
+    """Retention deleting records bronze never read (here: Kafka's DeleteRecords, which moves the
+    low watermark as retention does) stops ingest with the partition and offsets; only `lakehouse
+    ingest reset` moves on, and its commit records the skipped range."""
+    import json
+
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    from flows.ingest import ingest_flow, reset_offsets
+    from tasks.commits import latest_offsets
+    from tasks.offsets import RESET_KEY, OffsetsOutOfRangeError
+
+    producer = Producer({"bootstrap.servers": topic_settings.kafka_bootstrap})
+    for i in range(50):
+        producer.produce(topic_settings.kafka_topic, value=f'{{"n": {i}}}'.encode(), partition=0)
+        if i == 29:
+            assert producer.flush(30) == 0
+            assert ingest_flow(settings=topic_settings)["records"] == 30
+    assert producer.flush(30) == 0
+    admin = AdminClient({"bootstrap.servers": topic_settings.kafka_bootstrap})
+    [deleted] = admin.delete_records([TopicPartition(topic_settings.kafka_topic, 0, 40)]).values()
+    deleted.result(timeout=30)
+
+    with pytest.raises(OffsetsOutOfRangeError) as stopped:
+        ingest_flow(settings=topic_settings)
+    message = str(stopped.value)
+    assert f"{topic_settings.kafka_topic}[0]: records 30..39 (10)" in message
+    assert "lakehouse ingest reset --partition 0" in message
+    assert bronze_rows(topic_settings).num_rows == 30, "nothing may be committed while offsets are out of range"
+
+    reset = reset_offsets(topic_settings, "earliest", [0], "retention ran before ingest (test)")
+    [decision] = reset["decisions"]
+    assert (decision["from_offset"], decision["to_offset"], decision["skipped"]) == (30, 40, 10)
+    table = open_catalog(topic_settings).load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier)
+    summary = table.snapshot_by_id(reset["snapshot_id"]).summary.additional_properties
+    assert json.loads(summary[RESET_KEY])[0]["reason"] == "retention ran before ingest (test)"
+    assert latest_offsets(table)[topic_settings.kafka_topic][0] == 40
+
+    assert ingest_flow(settings=topic_settings)["records"] == 10
+    offsets = sorted(bronze_rows(topic_settings).column("offset").to_pylist())
+    assert offsets == list(range(30)) + list(range(40, 50))

@@ -58,12 +58,11 @@ def new_facts(settings: Settings, checked: DataFrame) -> NewFacts:
     batch = silver.without(arrived, drop).collect()
     facts_table = ensure_table(open_catalog(settings), settings, SILVER_FACT_CONVERSIONS)
     days = [d for d in batch.select("event_date").distinct().to_pydict()["event_date"] if d is not None]
-    history = read_days(
-        facts_table, days, ["event_id", "kafka_timestamp", "source_partition", "source_offset"], io_config(settings)
-    )
+    # the arrival order needs the stored row's topic too: (timestamp, topic, partition, offset)
+    history = read_days(facts_table, days, list(silver.ARRIVAL_COLUMNS), io_config(settings))
     replaced_ids: list[str] = []
     if history is not None:
-        # one join against history (four narrow columns); its small result serves both outputs
+        # one join against history (five narrow columns); its small result serves both outputs
         matches = silver.history_matches(batch, history).collect()
         replaced_ids = sorted(set(silver.against_history(batch, matches)[1].to_pydict()["event_id"]))
         drop = drop.concat(silver.superseded(batch, matches))

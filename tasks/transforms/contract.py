@@ -9,7 +9,9 @@ the well-formed common case, and every other value gets ``check_event``. Pure: n
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,7 +27,9 @@ REASONS = (
     "MALFORMED_JSON",
     "NOT_AN_OBJECT",
     "MISSING_FIELD",
-    "BAD_TYPE",
+    "BAD_TYPE",  # the wrong JSON type, a string no UTF-8 text holds (a lone surrogate escape), no UUID or time
+    "INTEGER_OUT_OF_RANGE",  # an integer its silver column's type cannot hold (int32: schema_version, http_status)
+    "NON_FINITE_NUMBER",  # a number no finite double holds: NaN, Infinity, -Infinity, 1e999, a 400-digit integer
     "UNKNOWN_SCHEMA_VERSION",
     "BAD_ENUM",
     "WRONG_CONVERSION",
@@ -76,6 +80,12 @@ PARSED_TYPE = pa.struct(
     ]
 )
 FIELDS = tuple(f.name for f in PARSED_TYPE)
+# The range of every integer field, from its Arrow type: a value outside can't be stored, however big
+# a JSON integer (Python reads any number of digits) is.
+_INT_RANGE = {
+    f.name: (-(1 << (f.type.bit_width - 1)), (1 << (f.type.bit_width - 1)) - 1)
+    for f in PARSED_TYPE if pa.types.is_integer(f.type)
+}
 
 # (field, JSON types allowed, nullable)
 _TYPES: tuple[tuple[str, tuple[type, ...], bool], ...] = (
@@ -112,6 +122,33 @@ def _is_type(value: Any, types: tuple[type, ...]) -> bool:
     return isinstance(value, types)
 
 
+def _is_text(value: str) -> bool:
+    """Whether a decoded JSON string is Unicode text: ``"\\ud800"`` decodes to a lone surrogate,
+    which neither UTF-8 nor an Arrow string can hold."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _in_range(name: str, value: int) -> bool:
+    low, high = _INT_RANGE[name]
+    return low <= value <= high
+
+
+def _finite(value: int | float) -> float | None:
+    """The double of a JSON number, or None when no finite double holds it (NaN, Infinity and
+    1e999, which Python reads as inf, or an integer beyond 1.8e308). -0 becomes 0."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number + 0.0 if math.isfinite(number) else None
+
+
 def check_event(value: bytes | None, kafka_timestamp_us: int | None, max_value_bytes: int) -> dict[str, Any]:
     """Typed fields plus ``reason_codes`` (empty when valid) and a human ``reject_detail``."""
     if value is None:
@@ -141,6 +178,8 @@ def check_event(value: bytes | None, kafka_timestamp_us: int | None, max_value_b
     if "schema_version" in doc:
         if not _is_type(version, (int,)):
             reject("BAD_TYPE", f"schema_version is {type(version).__name__}, not an integer")
+        elif not _in_range("schema_version", version):
+            reject("INTEGER_OUT_OF_RANGE", f"schema_version {str(version)[:40]} is outside int32")
         elif version not in (1, 2):
             reject("UNKNOWN_SCHEMA_VERSION", f"schema_version {version} is neither 1 nor 2")
         else:
@@ -162,9 +201,19 @@ def check_event(value: bytes | None, kafka_timestamp_us: int | None, max_value_b
         if not _is_type(field_value, types):
             reject("BAD_TYPE", f"{name} is {type(field_value).__name__}")
             continue
+        if type(field_value) is str and not _is_text(field_value):
+            reject("BAD_TYPE", f"{name} {field_value[:40]!r} is not Unicode text (a lone surrogate)")
+            continue
+        if type(field_value) is int and name in _INT_RANGE and not _in_range(name, field_value):
+            reject("INTEGER_OUT_OF_RANGE", f"{name} {str(field_value)[:40]} is outside {PARSED_TYPE.field(name).type}")
+            continue
+        if name == "latency_ms":
+            latency = _finite(field_value)
+            if latency is None:
+                reject("NON_FINITE_NUMBER", f"latency_ms {str(field_value)[:40]} is not a finite number")
+                continue
+            field_value = latency
         out[name] = field_value
-    if out["latency_ms"] is not None:
-        out["latency_ms"] = float(out["latency_ms"])
 
     if out["event_id"] is not None:
         try:
@@ -276,6 +325,7 @@ _REQUIRED_V2_SET = frozenset(REQUIRED_V1 + REQUIRED_V2)
 _PLAN_SET = frozenset(PLANS)
 _ERROR_SET = frozenset(ERROR_CODES)
 _FUTURE_US = int(FUTURE_TOLERANCE.total_seconds() * 1_000_000)
+_MAX_DOUBLE = sys.float_info.max
 
 
 def _fast_valid(doc: dict, kafka_us: int | None) -> tuple | None:
@@ -290,38 +340,41 @@ def _fast_valid(doc: dict, kafka_us: int | None) -> tuple | None:
         if not doc.keys() >= _REQUIRED_V2_SET:
             return None
         region, cache_hit = doc["region"], doc["cache_hit"]
-        if type(region) is not str or type(cache_hit) is not bool:
+        if type(region) is not str or not _is_text(region) or type(cache_hit) is not bool:
             return None
     else:
         return None
     event_id, direction, text, output = doc["event_id"], doc["direction"], doc["input"], doc["output"]
     success, error, latency, status = doc["success"], doc["error_code"], doc["latency_ms"], doc["http_status"]
     user, plan, country, client = doc["user_id"], doc["user_plan"], doc["user_country"], doc.get("client")
+    # Type tests first: a list or an object is unhashable, so it must never reach a set look-up.
     if (
         type(event_id) is not str or not _UUID.fullmatch(event_id)
         or doc["event_type"] != "conversion"
-        or direction not in ENDPOINTS or doc["endpoint"] != ENDPOINTS[direction]
-        or type(text) is not str
+        or type(direction) is not str or direction not in ENDPOINTS or doc["endpoint"] != ENDPOINTS[direction]
+        or type(text) is not str or not _is_text(text)
         or type(success) is not bool
         or type(status) is not int
-        or type(latency) not in (float, int) or latency < 0
-        or (user is not None and type(user) is not str)
-        or (plan is not None and plan not in _PLAN_SET)
+        # a finite double >= 0 (NaN fails every comparison); the full check decides any other number
+        or type(latency) not in (float, int) or not 0 <= latency <= _MAX_DOUBLE
+        or (user is not None and (type(user) is not str or not _is_text(user)))
+        or (plan is not None and (type(plan) is not str or plan not in _PLAN_SET))
         or (country is not None and (type(country) is not str or not _COUNTRY.match(country)))
-        or (client is not None and type(client) is not str)
+        or (client is not None and (type(client) is not str or not _is_text(client)))
     ):
         return None
     if success:
         if error is not None or status != 200 or output != expected_output(direction, text):
             return None
-    elif error not in _ERROR_SET or status not in FAILURE_STATUSES or output is not None:
+    elif (type(error) is not str or error not in _ERROR_SET or status not in FAILURE_STATUSES
+          or output is not None):
         return None
     occurred = _parse_time(doc["occurred_at"])
     if occurred is None or (kafka_us is not None and occurred - kafka_us > _FUTURE_US):
         return None
     return (
         event_id, "conversion", version, occurred, user, plan, country, direction, text, output, success,
-        error, float(latency), doc["endpoint"], status, client, region, cache_hit,
+        error, float(latency) + 0.0, doc["endpoint"], status, client, region, cache_hit,
         _numeral_value(direction, text), [], None,
     )
 

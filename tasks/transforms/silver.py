@@ -10,8 +10,8 @@ import hashlib
 
 import daft
 import pyarrow as pa
-from daft import DataFrame, DataType, col, lit
-from daft.functions import when
+from daft import DataFrame, DataType, Window, col
+from daft.functions import rank, when
 
 from tasks.transforms.contract import PARSED_TYPE, check_values
 
@@ -70,67 +70,56 @@ def valid(checked: DataFrame) -> DataFrame:
     )
 
 
-ARRIVAL_COLUMNS = ("event_id", "kafka_timestamp", "source_partition", "source_offset")
-
-
-def arrival_key(ts: str = "kafka_timestamp", partition: str = "source_partition", offset: str = "source_offset"):
-    """A string that sorts like (Kafka timestamp, partition, offset): the first arrival is its minimum."""
-    return (
-        col(ts).to_unix_epoch("us").cast(DataType.string()).lpad(20, "0")
-        + lit("|")
-        + col(partition).cast(DataType.string()).lpad(10, "0")
-        + lit("|")
-        + col(offset).cast(DataType.string()).lpad(20, "0")
-    )
+# First arrival wins, by a total order on Kafka records: (Kafka timestamp, topic, partition, offset).
+# A record is one (topic, partition, offset), so two arrivals of an event never tie; without the topic,
+# the same event from two topics at one instant, partition and offset did, and both were kept.
+ARRIVAL_ORDER = ("kafka_timestamp", "source_topic", "source_partition", "source_offset")
+ARRIVAL_COLUMNS = ("event_id", *ARRIVAL_ORDER)
+ROW_KEY = ("event_id", "source_topic", "source_partition", "source_offset")  # one arrival of one event
 
 
 def later_copies(events: DataFrame) -> DataFrame:
-    """The rows (event_id, source_partition, source_offset) of repeated event_ids that are not the
-    first arrival (lowest Kafka timestamp, then partition, then offset).
+    """The rows (``ROW_KEY``) of repeated event_ids that are not the first arrival (lowest Kafka
+    timestamp, then topic, then partition, then offset: ``ARRIVAL_ORDER``).
 
     Only the few ids that arrive more than once need the arrival order, so only their copies are
-    keyed and compared; the result is small.
+    ranked; the result is small. The rank of a copy is 1 + the number of copies strictly before it,
+    so the first arrival is never named, even if the same record were read twice.
     """
     copies = events.groupby("event_id").agg(col("event_id").count().alias("copies"))
     repeated = copies.where(col("copies") > 1).select("event_id")
     # the repeated ids are few: broadcast them rather than shuffle every event (on Ray)
-    several = events.join(repeated, on="event_id", how="semi", strategy="broadcast").select(
-        *ARRIVAL_COLUMNS, arrival_key().alias("arrival_key")
-    )
-    winners = several.groupby("event_id").agg(col("arrival_key").min().alias("winner_key"))
-    return (
-        several.join(winners, on="event_id")
-        .where(col("arrival_key") != col("winner_key"))
-        .select("event_id", "source_partition", "source_offset")
-    )
+    several = events.join(repeated, on="event_id", how="semi", strategy="broadcast").select(*ARRIVAL_COLUMNS)
+    by_arrival = Window().partition_by("event_id").order_by(*ARRIVAL_ORDER)
+    return several.with_column("arrival", rank().over(by_arrival)).where(col("arrival") > 1).select(*ROW_KEY)
 
 
 def first_arrivals(events: DataFrame) -> DataFrame:
-    """One row per event_id: the first arrival (lowest Kafka timestamp, then partition, then offset)."""
+    """One row per event_id: the first arrival (lowest Kafka timestamp, then topic, then partition,
+    then offset)."""
     return without(events, later_copies(events))
 
 
 def history_matches(batch: DataFrame, history: DataFrame) -> DataFrame:
     """The batch events silver already holds: event_id and whether the batch copy arrived earlier.
 
-    ``history`` has event_id, kafka_timestamp, source_partition and source_offset of silver rows
-    that could match (same event days). The one join against history; its result is small (the
-    duplicates), so the flow materializes it once and ``against_history`` reuses it.
+    ``history`` has event_id, kafka_timestamp, source_topic, source_partition and source_offset of
+    silver rows that could match (same event days). The one join against history; its result is small
+    (the duplicates), so the flow materializes it once and ``against_history`` reuses it.
     """
     stored = history.select(
         "event_id",
         col("kafka_timestamp").alias("stored_timestamp"),
+        col("source_topic").alias("stored_topic"),
         col("source_partition").alias("stored_partition"),
         col("source_offset").alias("stored_offset"),
     )
-    arrived = batch.select("event_id", "kafka_timestamp", "source_partition", "source_offset")
-    earlier = (col("kafka_timestamp") < col("stored_timestamp")) | (
-        (col("kafka_timestamp") == col("stored_timestamp"))
-        & (
-            (col("source_partition") < col("stored_partition"))
-            | ((col("source_partition") == col("stored_partition")) & (col("source_offset") < col("stored_offset")))
-        )
-    )
+    arrived = batch.select(*ARRIVAL_COLUMNS)
+    # (timestamp, topic, partition, offset) < the stored one's, lexicographically
+    earlier = col("source_offset") < col("stored_offset")
+    for mine, theirs in (("source_partition", "stored_partition"), ("source_topic", "stored_topic"),
+                         ("kafka_timestamp", "stored_timestamp")):
+        earlier = (col(mine) < col(theirs)) | ((col(mine) == col(theirs)) & earlier)
     return arrived.join(stored, on="event_id").select("event_id", earlier.fill_null(False).alias("earlier"))
 
 
@@ -153,17 +142,16 @@ def arrivals(events: DataFrame) -> DataFrame:
 
 
 def superseded(batch: DataFrame, matches: DataFrame) -> DataFrame:
-    """The rows (event_id, source_partition, source_offset) of ``batch`` that silver already holds
-    from an earlier (or the same) arrival: duplicates to drop. Small, like ``matches``."""
+    """The rows (``ROW_KEY``) of ``batch`` that silver already holds from an earlier (or the same)
+    arrival: duplicates to drop. Small, like ``matches``."""
     later = matches.where(~col("earlier")).select("event_id")
-    return batch.join(later, on="event_id", how="semi", strategy="broadcast").select(
-        "event_id", "source_partition", "source_offset"
-    )
+    return batch.join(later, on="event_id", how="semi", strategy="broadcast").select(*ROW_KEY)
 
 
 def without(events: DataFrame, drop: DataFrame) -> DataFrame:
-    """``events`` minus the rows ``drop`` names: a broadcast anti-join, the dropped rows are few."""
-    key = ["event_id", "source_partition", "source_offset"]
+    """``events`` minus the rows ``drop`` names (``ROW_KEY``: the topic too, since two topics can
+    hold the same partition and offset): a broadcast anti-join, the dropped rows are few."""
+    key = list(ROW_KEY)
     return events.join(drop.select(*key), on=key, how="anti", strategy="broadcast")
 
 

@@ -64,6 +64,12 @@ def test_the_contract_example_is_valid():
         (raw(success="yes"), "BAD_TYPE"),
         (raw(http_status=True), "BAD_TYPE"),
         (raw(event_id="not-a-uuid"), "BAD_TYPE"),
+        (raw(user_id="\ud800"), "BAD_TYPE"),  # a lone surrogate: not text UTF-8 can hold
+        (raw(http_status=10**40), "INTEGER_OUT_OF_RANGE"),
+        (raw(schema_version=-(2**31) - 1), "INTEGER_OUT_OF_RANGE"),
+        (raw(latency_ms=float("nan")), "NON_FINITE_NUMBER"),
+        (raw(latency_ms=float("inf")), "NON_FINITE_NUMBER"),
+        (raw(latency_ms=10**400), "NON_FINITE_NUMBER"),
         (raw(occurred_at="2024-12-25 10:15:30"), "BAD_TYPE"),
         (raw(schema_version=3), "UNKNOWN_SCHEMA_VERSION"),
         (raw(user_plan="platinum"), "BAD_ENUM"),
@@ -83,8 +89,9 @@ def test_every_reason_code(value, code):
 
 
 def test_all_reason_codes_are_covered_above():
-    covered = {"OVERSIZED", "MALFORMED_JSON", "NOT_AN_OBJECT", "MISSING_FIELD", "BAD_TYPE", "UNKNOWN_SCHEMA_VERSION",
-               "BAD_ENUM", "WRONG_CONVERSION", "INCONSISTENT_ERROR", "NEGATIVE_LATENCY", "FUTURE_EVENT"}
+    covered = {"OVERSIZED", "MALFORMED_JSON", "NOT_AN_OBJECT", "MISSING_FIELD", "BAD_TYPE", "INTEGER_OUT_OF_RANGE",
+               "NON_FINITE_NUMBER", "UNKNOWN_SCHEMA_VERSION", "BAD_ENUM", "WRONG_CONVERSION", "INCONSISTENT_ERROR",
+               "NEGATIVE_LATENCY", "FUTURE_EVENT"}
     assert covered == set(REASONS)
 
 
@@ -162,6 +169,11 @@ UNSHAPED_CASES = [
     b'{"event_id":"6f1c2a7e-3b7d-4a53-9f1e-0c6a2d9b4e11","event_id":"6f1c2a7e-3b7d-4a53-9f1e-0c6a2d9b4e12"}',
     b"\xef\xbb\xbf" + compact(), compact().replace(b'"conversion"', b'"conversion",  "extra": [1]'),
     None, b"", b"{}", b"[]", b"x" * (LIMIT + 1),
+    # hostile numbers and strings (tests/unit/test_silver_hostile.py fuzzes many more)
+    compact(http_status=10**40), compact(http_status=-(10**40)), compact(schema_version=2**31),
+    compact(latency_ms=float("nan")), compact(latency_ms=float("-inf")), compact(latency_ms=10**400),
+    compact(latency_ms=-0.0), compact(http_status=200.0), compact(direction={"to": "roman"}),
+    compact(user_plan=["pro"]), compact(user_id="\udfff"),
 ]
 
 
@@ -181,6 +193,7 @@ def test_bulk_check_agrees_with_check_event_row_by_row():
 
 @pytest.mark.parametrize("value", [raw()] + [v for v, _ in [
     (raw(output="MCMXCV"), 0), (raw(latency_ms=-0.5), 0), (raw(occurred_at="2024-12-25T12:06:00Z"), 0),
+    (raw(http_status=10**40), 0), (raw(latency_ms=float("nan")), 0), (raw(latency_ms=float("inf")), 0),
 ]])
 def test_bulk_check_keeps_every_reason_code(value):
     assert bulk([value]) == one_by_one([value])
@@ -244,6 +257,7 @@ def test_history_drops_later_duplicates_and_yields_to_earlier_arrivals():
     history = daft.from_pydict({
         "event_id": ["6f1c2a7e-3b7d-4a53-9f1e-0c6a2d9b4e11", "6f1c2a7e-3b7d-4a53-9f1e-0c6a2d9b4e12"],
         "kafka_timestamp": [KAFKA_TS - timedelta(days=2), KAFKA_TS + timedelta(days=2)],
+        "source_topic": ["t", "t"],
         "source_partition": [0, 0],
         "source_offset": [0, 0],
     })
@@ -253,13 +267,14 @@ def test_history_drops_later_duplicates_and_yields_to_earlier_arrivals():
     assert [r["event_id"][-2:] for r in replaced.to_pylist()] == ["12"]
 
 
-def test_history_compares_timestamp_then_partition_then_offset():
+def test_history_compares_timestamp_then_topic_then_partition_then_offset():
     ids = [f"6f1c2a7e-3b7d-4a53-9f1e-0c6a2d9b4e2{i}" for i in range(5)]
     batch = silver.valid(silver.validate(bronze([raw(event_id=i) for i in ids], partitions=[1] * 5,
                                                 offsets=[10] * 5), LIMIT))
     history = daft.from_pydict({
         "event_id": ids,
         "kafka_timestamp": [KAFKA_TS] * 4 + [KAFKA_TS - timedelta(microseconds=1)],
+        "source_topic": ["t"] * 5,  # the batch's topic: tests/unit/test_dedup_order.py varies it
         "source_partition": [2, 1, 1, 0, 1],
         "source_offset": [0, 11, 10, 99, 10],
     })
@@ -284,10 +299,10 @@ def test_dedup_on_narrow_arrivals_then_dropping_rows_from_the_wide_facts():
     frame = bronze([raw(event_id=a), raw(event_id=a), raw(event_id=b)], partitions=[0, 0, 0], offsets=[2, 1, 3])
     candidates = silver.valid(silver.validate(frame, LIMIT))
     arrived = silver.arrivals(candidates)
-    assert set(arrived.column_names) == {"event_id", "kafka_timestamp", "source_partition", "source_offset",
-                                         "event_date", "user_id"}
+    assert set(arrived.column_names) == {"event_id", "kafka_timestamp", "source_topic", "source_partition",
+                                         "source_offset", "event_date", "user_id"}
     history = daft.from_pydict({"event_id": [b], "kafka_timestamp": [KAFKA_TS - timedelta(days=1)],
-                                "source_partition": [0], "source_offset": [0]})
+                                "source_topic": ["t"], "source_partition": [0], "source_offset": [0]})
     repeats = silver.later_copies(arrived)
     batch = silver.without(arrived, repeats)
     drop = repeats.concat(silver.superseded(batch, silver.history_matches(batch, history)))

@@ -138,6 +138,9 @@ def _host_port(url: str) -> tuple[str, int]:
     return parsed.hostname or "127.0.0.1", parsed.port or 80
 
 
+MAVEN_DEPENDENCY_PLUGIN = "3.8.1"  # the version both poms pin
+
+
 def _maven_copy(pom: Path, lib: Path, log: Path, what: str) -> None:
     """Resolve the pom's runtime jars from Maven Central into ``lib``, once per pom content."""
     marker = lib / ".pom-fingerprint"
@@ -149,7 +152,9 @@ def _maven_copy(pom: Path, lib: Path, log: Path, what: str) -> None:
         shutil.rmtree(lib)
     lib.mkdir(parents=True)
     run_logged(
-        ["mvn", "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
+        # the plugin by its full coordinates: a `dependency:` prefix needs the plugin group's
+        # metadata from Central, and one failed fetch of it is cached and fails every later build
+        ["mvn", "-B", "-q", "-U", "-f", str(pom), f"org.apache.maven.plugins:maven-dependency-plugin:{MAVEN_DEPENDENCY_PLUGIN}:copy-dependencies",
          f"-DoutputDirectory={lib}", "-DincludeScope=runtime"],
         log,
         what=f"{what} download (Maven)",

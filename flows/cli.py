@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +16,42 @@ from tasks.settings import Settings, SettingsError, load_settings
 
 STACK_CONFIG = Path(__file__).resolve().parents[1] / "infra" / "stack.toml"
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="The Roman Numeral Service lakehouse.")
+
+class _Commands(typer.core.TyperGroup):
+    """The root command. Wrong input to any command ends as one line and exit code 2: a usage error
+    (unknown option, a value of the wrong type, a missing argument) or a ``QueryError`` from
+    ``tasks.serving``. Anything else is a bug and keeps its traceback."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        with _user_errors():
+            return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: typer.Context):
+        with _user_errors():  # every subcommand parses its arguments and runs in here
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _user_errors():
+    """The one place that turns the user's wrong input into ``fail(..., 2)``."""
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer vendors click: not `click`'s
+
+    try:
+        yield
+    except (typer.Exit, typer.Abort, NoArgsIsHelpError):
+        raise  # already said, or asked for help
+    except UsageError as exc:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        fail(exc.format_message() + where, 2)
+    except Exception as exc:
+        serving = sys.modules.get("tasks.serving")  # QueryError's home; not imported, then not raised
+        if serving is not None and isinstance(exc, serving.QueryError):
+            fail(str(exc), 2)
+        raise
+
+
+app = typer.Typer(cls=_Commands, no_args_is_help=True, add_completion=False,
+                  help="The Roman Numeral Service lakehouse.")
 stack_app = typer.Typer(no_args_is_help=True, help="The local stack: Kafka, SeaweedFS S3, Iceberg REST, Prefect, Ray.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the settings.")
 app.add_typer(stack_app, name="stack")
@@ -306,6 +342,21 @@ def demo(
               highlight=False)
 
 
+def _as_json(value):
+    """How a value JSON has no type for is written: binary as hex, anything else as its text."""
+    return value.hex() if isinstance(value, bytes) else str(value)
+
+
+def _as_text(value) -> str | None:
+    """A value in one csv or table cell, as the json format writes it: binary as hex, lists and
+    structs (bronze's headers) as their JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, default=_as_json)
+    return _as_json(value)
+
+
 def _emit(rows, fmt: str) -> None:
     """Print an Arrow table or a list of dicts as a table, JSON lines or CSV."""
     import pyarrow as pa
@@ -314,15 +365,21 @@ def _emit(rows, fmt: str) -> None:
         rows = pa.Table.from_pylist(rows) if rows else pa.table({})
     if fmt == "json":
         for row in rows.to_pylist():
-            typer.echo(json.dumps(row, default=lambda v: v.hex() if isinstance(v, bytes) else str(v)))
+            typer.echo(json.dumps(row, default=_as_json))
     elif fmt == "csv":
         import io
 
         import pyarrow.csv as pacsv
 
-        safe = rows.select([c for c in rows.column_names if not pa.types.is_nested(rows.schema.field(c).type)])
+        def writable(column: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+            kind = column.type
+            if pa.types.is_nested(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind) \
+                    or pa.types.is_fixed_size_binary(kind) or pa.types.is_binary_view(kind):
+                return pa.array([_as_text(v) for v in column.to_pylist()], pa.string())
+            return column
+
         buffer = io.BytesIO()
-        pacsv.write_csv(safe, buffer)
+        pacsv.write_csv(pa.table([writable(c) for c in rows.columns], names=rows.column_names), buffer)
         typer.echo(buffer.getvalue().decode(), nl=False)
     else:
         from rich.table import Table
@@ -331,7 +388,7 @@ def _emit(rows, fmt: str) -> None:
         for name in rows.column_names:
             view.add_column(name)
         for row in rows.to_pylist()[:1000]:
-            view.add_row(*["" if v is None else str(v)[:80] for v in row.values()])
+            view.add_row(*["" if v is None else _as_text(v)[:80] for v in row.values()])
         out.print(view)
         if rows.num_rows > 1000:
             err.print(f"(first 1000 of {rows.num_rows} rows; use --format csv or json for all)")
@@ -353,7 +410,7 @@ def sql(
     """Daft SQL over every bronze, silver and gold table, with time travel."""
     from datetime import datetime, timezone
 
-    from tasks.serving import QueryError, existing_tables, run_sql
+    from tasks.serving import existing_tables, run_sql
 
     _formats(fmt)
     s = settings()
@@ -379,11 +436,7 @@ def sql(
                     pinned[table_name] = int(value)
             if not pinned:
                 fail(f"--snapshot: no table has snapshot {value}", 2)
-    try:
-        rows = run_sql(s, query, as_of=moment, snapshots=pinned)
-    except QueryError as exc:
-        fail(str(exc), 2)
-    _emit(rows, fmt)
+    _emit(run_sql(s, query, as_of=moment, snapshots=pinned), fmt)
 
 
 @app.command("tables")
@@ -400,13 +453,10 @@ def tables_cmd(fmt: str = typer.Option("table", "--format", help="table, json or
 @app.command("history")
 def history_cmd(table: str, fmt: str = typer.Option("table", "--format", help="table, json or csv")) -> None:
     """A table's snapshots: operation, time, and the summary we keep (offsets, upstream snapshot, counts)."""
-    from tasks.serving import QueryError, history
+    from tasks.serving import history
 
     _formats(fmt)
-    try:
-        rows = history(settings(), table)
-    except QueryError as exc:
-        fail(str(exc), 2)
+    rows = history(settings(), table)
     if fmt == "table":
         rows = [{**r, "lakehouse": json.dumps(r["lakehouse"])[:120]} for r in rows]
     _emit(rows, fmt)
@@ -420,14 +470,10 @@ def diff_cmd(
     fmt: str = typer.Option("table", "--format", help="table, json or csv"),
 ) -> None:
     """The rows appended to a table between two snapshots."""
-    from tasks.serving import QueryError, diff
+    from tasks.serving import diff
 
     _formats(fmt)
-    try:
-        rows = diff(settings(), table, from_snapshot, to_snapshot)
-    except QueryError as exc:
-        fail(str(exc), 2)
-    _emit(rows, fmt)
+    _emit(diff(settings(), table, from_snapshot, to_snapshot), fmt)
 
 
 @app.command("maintain")

@@ -10,18 +10,25 @@ from datetime import datetime, timezone
 import daft
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import is_parent_ancestor_of
 
 from tasks.catalog import io_config, open_catalog
 from tasks.settings import LAYERS, Settings
-from tasks.tables import ALL_TABLES
 
 _NAME = re.compile(r"\b(bronze|silver|gold)\.([A-Za-z_][A-Za-z0-9_]*)\b")
+_BINDING = re.compile(r"\b(bronze|silver|gold)__([A-Za-z_][A-Za-z0-9_]*)\b")  # _NAME as Daft sees it
+_NOT_FOUND = re.compile(r"Table not found: (\S+)$")  # Daft's message for a name the query binds to nothing
 
 
 class QueryError(ValueError):
     """The query or its time-travel arguments are wrong; the message is for the user."""
+
+
+def no_table(name: str, tables) -> QueryError:
+    """The one error for a table name that names no table: it lists the tables there are."""
+    return QueryError(f"no table {name!r} (tables: {', '.join(sorted(tables)) or 'none yet'})")
 
 
 @dataclass(frozen=True)
@@ -38,21 +45,25 @@ def _binding(layer: str, name: str) -> str:
     return f"{layer}__{name}"
 
 
-def existing_tables(catalog: Catalog) -> dict[str, Table]:
-    from pyiceberg.exceptions import NoSuchTableError
-
-    out = {}
+def table_names(catalog: Catalog) -> list[str]:
+    """``<layer>.<table>`` of every table the catalog lists, without loading them."""
+    names = []
     for layer in LAYERS:
         try:
             idents = catalog.list_tables(layer)
         except Exception:  # noqa: BLE001 - a missing namespace just has no tables
             continue
-        for ident in idents:
-            name = ".".join(ident)
-            try:
-                out[name] = catalog.load_table(name)
-            except NoSuchTableError:  # dropped between listing and loading
-                continue
+        names.extend(".".join(ident) for ident in idents)
+    return names
+
+
+def existing_tables(catalog: Catalog) -> dict[str, Table]:
+    out = {}
+    for name in table_names(catalog):
+        try:
+            out[name] = catalog.load_table(name)
+        except NoSuchTableError:  # dropped between listing and loading
+            continue
     return out
 
 
@@ -106,10 +117,10 @@ def run_sql(
     referenced = {f"{layer}.{name}" for layer, name in _NAME.findall(query)}
     unknown = sorted(referenced - set(tables))
     if unknown:
-        raise QueryError(f"unknown table {unknown[0]}; known: {', '.join(sorted(tables)) or 'none yet'}")
+        raise no_table(unknown[0], tables)
     for name in snapshots or {}:
         if name not in tables:
-            raise QueryError(f"--snapshot names unknown table {name}")
+            raise QueryError(f"--snapshot: {no_table(name, tables)}")
     bindings = {}
     for name in referenced:
         table = tables[name]
@@ -126,9 +137,25 @@ def run_sql(
     rewritten = _NAME.sub(lambda m: _binding(m.group(1), m.group(2)), query)
     try:
         return daft.sql(rewritten, **bindings).to_arrow()
-    except Exception as exc:  # Daft raises its own SQL and planning errors
-        message = str(exc).strip().splitlines()
-        raise QueryError(" ".join(line.strip() for line in message[:3]).replace("__", "."))
+    except Exception as exc:
+        if not _about_the_query(exc):
+            raise
+        missing = _NOT_FOUND.match(str(exc))
+        if missing:
+            raise no_table(missing.group(1), tables) from None
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise QueryError(_BINDING.sub(r"\1.\2", message.removeprefix("DaftError::"))) from None
+
+
+def _about_the_query(exc: Exception) -> bool:
+    """Daft's errors about the SQL: its SQL exception (made in Rust, it has no Python name to import)
+    and its core errors, e.g. a GROUP BY misuse found while running; not the store's transient ones."""
+    from daft.exceptions import DaftCoreException, DaftTransientError
+
+    if isinstance(exc, DaftTransientError):
+        return False
+    return isinstance(exc, DaftCoreException) or type(exc).__name__ == "InvalidSQLException"
+
 
 
 def describe_tables(settings: Settings) -> list[TableInfo]:
@@ -148,12 +175,14 @@ def describe_tables(settings: Settings) -> list[TableInfo]:
 
 
 def load_known_table(settings: Settings, name: str) -> Table:
-    known = {spec.identifier for spec in ALL_TABLES}
-    try:
-        return open_catalog(settings).load_table(name)
-    except NoSuchTableError:
-        hint = f"; known: {', '.join(sorted(known))}"
-        raise QueryError(f"unknown table {name}{hint}") from None
+    """The table named ``<layer>.<table>``; any other name, or one the catalog lacks, is the user's error."""
+    catalog = open_catalog(settings)
+    if _NAME.fullmatch(name):  # else no name the catalog could hold: it raises ValueError or NoSuchIdentifierError
+        try:
+            return catalog.load_table(name)
+        except (NoSuchTableError, NoSuchNamespaceError):
+            pass
+    raise no_table(name, table_names(catalog))
 
 
 def history(settings: Settings, name: str) -> list[dict]:
@@ -181,5 +210,8 @@ def diff(settings: Settings, name: str, from_snapshot: int, to_snapshot: int) ->
     for sid in (from_snapshot, to_snapshot):
         if table.metadata.snapshot_by_id(sid) is None:
             raise QueryError(f"{name} has no snapshot {sid}")
+    if not is_parent_ancestor_of(to_snapshot, from_snapshot, table.metadata):
+        raise QueryError(f"{name}: --from {from_snapshot} is not older than --to {to_snapshot} in the same line of "
+                         f"snapshots (`lakehouse history {name}` lists them)")
     scan = table.incremental_append_scan(from_snapshot_id_exclusive=from_snapshot, to_snapshot_id_inclusive=to_snapshot)
     return scan.to_arrow()

@@ -58,6 +58,8 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(config_app, name="config")
 run_app = typer.Typer(no_args_is_help=True, help="Run one flow in-process (Prefect logs it to its server).")
 app.add_typer(run_app, name="run")
+ingest_app = typer.Typer(no_args_is_help=True, help="Operator actions on the Kafka → bronze ingest.")
+app.add_typer(ingest_app, name="ingest")
 
 err = Console(stderr=True)
 out = Console()
@@ -240,13 +242,36 @@ def run_ingest(
     _prefect_client_env(s)
     from flows.ingest import ingest_flow
     from tasks.commits import OffsetsMovedError
+    from tasks.offsets import OffsetsOutOfRangeError
 
     try:
         report = ingest_flow(max_records=max_records, max_bytes=max_bytes, max_seconds=max_seconds,
                              max_batches=1_000_000 if until_caught_up else 1, settings=s, crash_at=crash_at)
     except OffsetsMovedError as exc:
         fail(f"another ingest run committed first; rerun to continue ({exc})", 3)
+    except OffsetsOutOfRangeError as exc:
+        fail(f"ingest stopped, nothing committed: {exc}", 4)
     out.print_json(json.dumps(report))
+
+
+@ingest_app.command("reset")
+def ingest_reset(
+    to: str = typer.Option(..., "--to", help="earliest (low watermark), latest (high watermark) or an offset"),
+    partition: Optional[list[int]] = typer.Option(None, "--partition", help="a partition to move (repeat); default every partition"),
+    reason: str = typer.Option(..., "--reason", help="why: recorded in bronze's snapshot summary for auditors"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="show the moves, commit nothing"),
+) -> None:
+    """Move bronze's Kafka offsets, audited: one bronze commit without rows records each partition's
+    old and new offset, the records skipped, the reason and who did it (`lakehouse history` shows it)."""
+    s = settings()
+    _prefect_client_env(s)
+    from flows.ingest import reset_offsets
+
+    try:
+        result = reset_offsets(s, to, partition or None, reason, dry_run=dry_run)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    out.print_json(json.dumps(result))
 
 
 @run_app.command("silver")
@@ -459,7 +484,38 @@ def history_cmd(table: str, fmt: str = typer.Option("table", "--format", help="t
     rows = history(settings(), table)
     if fmt == "table":
         rows = [{**r, "lakehouse": json.dumps(r["lakehouse"])[:120]} for r in rows]
+        if not any(r["reset"] for r in rows):
+            rows = [{k: v for k, v in r.items() if k != "reset"} for r in rows]
     _emit(rows, fmt)
+
+
+@app.command("verify")
+def verify_cmd(
+    layer: Optional[list[str]] = typer.Option(None, "--layer", help="bronze, silver or gold (repeat); default all"),
+    fmt: str = typer.Option("table", "--format", help="table or json"),
+    strict: bool = typer.Option(False, "--strict", help="warnings fail too (e.g. offset gaps no reset explains)"),
+) -> None:
+    """Reconcile the lakehouse from its tables alone: bronze offsets contiguous, every bronze record
+    once in silver, SCD2 versions sound, gold equal to a recount of silver, upstream ids that exist.
+    Exit 0 when every check holds, 1 naming the first discrepancy."""
+    from tasks.catalog import open_catalog
+    from tasks.settings import LAYERS
+    from tasks.verify import render_table, verify
+
+    if fmt not in ("table", "json"):
+        fail(f"--format must be table or json, got {fmt!r}", 2)
+    s = settings()
+    try:
+        report = verify(open_catalog(s), s, layers=tuple(layer) if layer else LAYERS, strict=strict)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    if fmt == "json":
+        out.print_json(json.dumps(report.as_dict(), default=str))
+    else:
+        print(render_table(report))
+    if not report.ok:
+        failure = report.first_failure
+        fail(f"verify: {failure.name}: {failure.detail}", 1)
 
 
 @app.command("diff")

@@ -15,6 +15,7 @@ from pyiceberg.table import Table
 from pyiceberg.table.snapshots import is_parent_ancestor_of
 
 from tasks.catalog import io_config, open_catalog
+from tasks.offsets import RESET_KEY
 from tasks.settings import LAYERS, Settings
 
 _NAME = re.compile(r"\b(bronze|silver|gold)\.([A-Za-z_][A-Za-z0-9_]*)\b")
@@ -198,10 +199,21 @@ def history(settings: Settings, name: str) -> list[dict]:
             "operation": snapshot.summary.operation.value if snapshot.summary else None,
             "added_records": summary.get("added-records"),
             "total_records": summary.get("total-records"),
-            "lakehouse": {k: (json.loads(v) if k.endswith(("offsets", "report")) and v.startswith("{") else v)
+            "reset": _describe_reset(summary.get(RESET_KEY)),
+            "lakehouse": {k: (json.loads(v) if k.endswith(("offsets", "report", "reset")) and v[:1] in "{[" else v)
                           for k, v in summary.items() if k.startswith("lakehouse.")},
         })
     return rows
+
+
+def _describe_reset(raw: str | None) -> str | None:
+    """An audited offset reset in one line: each partition's move, why and by whom."""
+    if raw is None:
+        return None
+    moves = json.loads(raw)
+    parts = [f"{m['topic']}[{m['partition']}] {m['from_offset']}→{m['to_offset']} (skipped {m['skipped']})" for m in moves]
+    first = moves[0] if moves else {}
+    return f"offset reset: {', '.join(parts)}; reason: {first.get('reason')}; by {first.get('by')} at {first.get('at')}"
 
 
 def diff(settings: Settings, name: str, from_snapshot: int, to_snapshot: int) -> pa.Table:

@@ -207,7 +207,7 @@ def test_records_deleted_before_ingest_stop_it_loudly_until_an_audited_reset(top
     from confluent_kafka import TopicPartition
     from confluent_kafka.admin import AdminClient
 
-    from flows.ingest import ingest_flow, reset_offsets
+    from flows.ingest import ingest_flow
     from tasks.commits import latest_offsets
     from tasks.offsets import RESET_KEY, OffsetsOutOfRangeError
 
@@ -227,15 +227,26 @@ def test_records_deleted_before_ingest_stop_it_loudly_until_an_audited_reset(top
     message = str(stopped.value)
     assert f"{topic_settings.kafka_topic}[0]: records 30..39 (10)" in message
     assert "lakehouse ingest reset --partition 0" in message
+    by_cli = run_ingest(topic_settings)
+    assert by_cli.returncode == 4 and "records 30..39 (10)" in by_cli.stderr, by_cli.stderr[-2000:]
     assert bronze_rows(topic_settings).num_rows == 30, "nothing may be committed while offsets are out of range"
 
-    reset = reset_offsets(topic_settings, "earliest", [0], "retention ran before ingest (test)")
+    env = {**stack_environment(), "LAKEHOUSE_KAFKA_TOPIC": topic_settings.kafka_topic}
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "ingest", "reset", "--partition", "0", "--to", "earliest",
+                           "--reason", "retention ran before ingest (test)"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    reset = json.loads(done.stdout)
     [decision] = reset["decisions"]
     assert (decision["from_offset"], decision["to_offset"], decision["skipped"]) == (30, 40, 10)
     table = open_catalog(topic_settings).load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier)
     summary = table.snapshot_by_id(reset["snapshot_id"]).summary.additional_properties
     assert json.loads(summary[RESET_KEY])[0]["reason"] == "retention ran before ingest (test)"
     assert latest_offsets(table)[topic_settings.kafka_topic][0] == 40
+    shown = subprocess.run([sys.executable, "-m", "flows.cli", "history", BRONZE_CONVERSION_EVENTS_RAW.identifier,
+                            "--format", "json"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    [row] = [r for r in json.loads(shown.stdout) if r["snapshot_id"] == reset["snapshot_id"]]
+    assert "30→40 (skipped 10)" in row["reset"] and "retention ran before ingest" in row["reset"]
 
     assert ingest_flow(settings=topic_settings)["records"] == 10
     offsets = sorted(bronze_rows(topic_settings).column("offset").to_pylist())

@@ -1,7 +1,8 @@
 """`lakehouse demo`: the whole platform from nothing to gold metrics, through Prefect.
 
 Stack up → deploy → produce a few days of traffic → run the ingest deployment → the event
-triggers run silver and gold → wait for them → show gold. Each step is idempotent, so a second
+triggers run silver and gold → wait for them → show gold and reconcile the layers (``lakehouse
+verify``). Each step is idempotent, so a second
 demo reuses what the first one started and built.
 """
 
@@ -32,6 +33,7 @@ class DemoResult:
     produced: int = 0
     runs: dict[str, str] = field(default_factory=dict)  # deployment -> flow run name
     gold_rows: list[dict] = field(default_factory=list)
+    verify: object = None  # tasks.verify.VerifyReport of the lakehouse the demo built
 
 
 async def _wait_for_chain(api_url: str, since: datetime, step: Step) -> dict[str, str]:
@@ -92,8 +94,17 @@ def run_demo(settings: Settings, events: int, days: int, step: Step) -> DemoResu
     timed("trigger", lambda: run_deployment("ingest-bronze/ingest", parameters={"max_batches": 1000}, timeout=0))
     result.runs = timed("pipeline", lambda: asyncio.run(_wait_for_chain(settings.prefect_api_url, since, step)))
     result.gold_rows = _latest_gold(settings)
+    step("reconciling bronze, silver and gold (lakehouse verify)")
+    result.verify = timed("verify", lambda: _verify(settings))
     result.seconds["total"] = round(sum(result.seconds.values()), 1)
     return result
+
+
+def _verify(settings: Settings):
+    from tasks.catalog import open_catalog
+    from tasks.verify import verify
+
+    return verify(open_catalog(settings), settings)
 
 
 def _latest_gold(settings: Settings) -> list[dict]:

@@ -290,7 +290,10 @@ def run_silver(crash_at: Optional[str] = typer.Option(None, hidden=True, help="t
 
 
 @run_app.command("gold")
-def run_gold(full: bool = typer.Option(False, "--full", help="rebuild every day and user, not only what silver touched")) -> None:
+def run_gold(
+    full: bool = typer.Option(False, "--full", help="rebuild every day and user, not only what silver touched"),
+    crash_at: Optional[str] = typer.Option(None, hidden=True, help="test only: SIGKILL at this point"),
+) -> None:
     """Rebuild gold for the days and users that silver commits touched since the last build."""
     s = settings()
     _prefect_client_env(s)
@@ -298,7 +301,7 @@ def run_gold(full: bool = typer.Option(False, "--full", help="rebuild every day 
     from tasks.commits import StaleCommitError
 
     try:
-        report = gold_flow(full=full, settings=s)
+        report = gold_flow(full=full, settings=s, crash_at=crash_at)
     except StaleCommitError as exc:
         fail(f"another gold build committed first; rerun to continue ({exc})", 3)
     out.print_json(json.dumps(report))
@@ -361,10 +364,15 @@ def demo(
         table.add_row(str(r["event_date"]), r["direction"], str(r["requests"]), f"{r['success_rate']:.1%}",
                       str(r["unique_users"]), f"{r['p95_latency_ms']:.1f}")
     out.print(table)
+    from tasks.verify import render_table
+
+    print(render_table(result.verify))
     ui = s.prefect_api_url.removesuffix("/api")
     out.print(f"produced {result.produced} events; runs {result.runs}; seconds {result.seconds}", highlight=False)
     out.print(f"Prefect UI: {ui}   ·   rebuild gold: lakehouse run gold --full   ·   stop everything: lakehouse stack down",
               highlight=False)
+    if not result.verify.ok:
+        fail(f"verify: {result.verify.first_failure.name}: {result.verify.first_failure.detail}", 1)
 
 
 def _as_json(value):
@@ -494,19 +502,24 @@ def verify_cmd(
     layer: Optional[list[str]] = typer.Option(None, "--layer", help="bronze, silver or gold (repeat); default all"),
     fmt: str = typer.Option("table", "--format", help="table or json"),
     strict: bool = typer.Option(False, "--strict", help="warnings fail too (e.g. offset gaps no reset explains)"),
+    kafka: bool = typer.Option(False, "--kafka/--no-kafka",
+                               help="confirm bronze's offset gaps against the broker (settings' kafka_bootstrap): "
+                                    "markers and aborted transactions pass, a committed record inside a gap fails"),
 ) -> None:
     """Reconcile the lakehouse from its tables alone: bronze offsets contiguous, every bronze record
     once in silver, SCD2 versions sound, gold equal to a recount of silver, upstream ids that exist.
+    With --kafka, bronze's offset gaps are also read back from Kafka (read_committed).
     Exit 0 when every check holds, 1 naming the first discrepancy."""
     from tasks.catalog import open_catalog
     from tasks.settings import LAYERS
-    from tasks.verify import render_table, verify
+    from tasks.verify import KafkaGapProbe, render_table, verify
 
     if fmt not in ("table", "json"):
         fail(f"--format must be table or json, got {fmt!r}", 2)
     s = settings()
+    probe = KafkaGapProbe.from_settings(s) if kafka else None
     try:
-        report = verify(open_catalog(s), s, layers=tuple(layer) if layer else LAYERS, strict=strict)
+        report = verify(open_catalog(s), s, layers=tuple(layer) if layer else LAYERS, strict=strict, kafka=probe)
     except ValueError as exc:
         fail(str(exc), 2)
     if fmt == "json":
@@ -533,13 +546,16 @@ def diff_cmd(
 
 
 @app.command("maintain")
-def maintain(dry_run: bool = typer.Option(False, "--dry-run", help="list what would be compacted, expired and deleted")) -> None:
+def maintain(
+    dry_run: bool = typer.Option(False, "--dry-run", help="list what would be compacted, expired and deleted"),
+    crash_at: Optional[str] = typer.Option(None, hidden=True, help="test only: SIGKILL at this point"),
+) -> None:
     """Compact small files, expire old snapshots and delete unreachable and orphan files, per table."""
     s = settings()
     _prefect_client_env(s)
     from flows.maintenance import maintenance_flow
 
-    report = maintenance_flow(dry_run=dry_run, settings=s)
+    report = maintenance_flow(dry_run=dry_run, settings=s, crash_at=crash_at)
     if dry_run:
         for table, parts in report["tables"].items():
             out.print(f"{table}:", highlight=False)

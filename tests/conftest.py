@@ -18,6 +18,19 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(ROOT / ".lakehouse" / "run" / "ray-auth-token"))
 
 
+# Modules that stop the Ray head run last, in this order: Ray ends a driver whose head goes away,
+# and Daft keeps its runner for the life of the process, so nothing after them may use Ray.
+LAST_MODULES = ("test_ray_faults.py", "test_stack_lifecycle.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        name = item.path.name
+        return LAST_MODULES.index(name) + 1 if name in LAST_MODULES else 0
+
+    items.sort(key=rank)  # stable: every other test keeps its order
+
+
 def stack_environment() -> dict[str, str]:
     """The environment a `lakehouse` subprocess needs to talk to the local stack."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_")}

@@ -105,3 +105,10 @@ def test_produce_ingest_promote_build_accounts_for_every_record(e2e_settings):
     assert silver_flow(settings=settings)["committed"] == {}
     assert gold_flow(settings=settings)["committed"] == {}
     assert catalog.load_table(SILVER_FACT_CONVERSIONS.identifier).scan().to_arrow().num_rows == facts.num_rows
+
+    from tasks.verify import verify
+
+    reconciled = verify(open_catalog(settings), settings)
+    assert reconciled.ok, reconciled.first_failure
+    accounted = reconciled.check("silver.records_accounted")
+    assert accounted.ok and not accounted.warning, accounted.detail

@@ -160,11 +160,12 @@ def test_transactional_producer_racing_ingest_runs_lands_exactly_the_committed_r
     def write() -> None:
         try:
             seq = 0
-            for burst in range(8):
-                for _ in range(rng.randint(2, 5)):
+            for burst in range(14):
+                for _ in range(rng.randint(1, 4)):  # a burst of a few transactions
+                    time.sleep(rng.uniform(0, 0.03))
                     producer.begin_transaction()
                     values = []
-                    for _ in range(rng.randint(1, 60)):
+                    for _ in range(rng.randint(1, 20)):
                         values.append(f'{{"seq": {seq}}}'.encode())
                         producer.produce(topic_settings.kafka_topic, value=values[-1], partition=rng.randrange(3))
                         seq += 1
@@ -174,7 +175,7 @@ def test_transactional_producer_racing_ingest_runs_lands_exactly_the_committed_r
                     else:
                         producer.commit_transaction(30)
                         committed.update(values)
-                time.sleep(rng.uniform(0.7, 1.6))  # quiet: longer than the reader's 0.5 s poll
+                time.sleep(rng.uniform(0.6, 1.2))  # quiet: longer than the reader's 0.5 s poll
         except BaseException as exc:  # noqa: BLE001 - reported by the test thread
             errors.append(exc)
 
@@ -182,7 +183,7 @@ def test_transactional_producer_racing_ingest_runs_lands_exactly_the_committed_r
     writer.start()
     runs = 0
     while writer.is_alive() or runs < 2:
-        ingest_flow(settings=topic_settings, max_records=150, max_seconds=2)
+        ingest_flow(settings=topic_settings, max_seconds=5)  # scheduled size: ranges read to their planned end
         runs += 1
     writer.join()
     assert not errors, errors

@@ -1,0 +1,96 @@
+"""Ray faults mid-flow: the Ray head stopped during a silver promotion, the warm Daft host actor
+killed while it holds a promotion's batch, a bronze writer actor killed while it reads Kafka.
+After the fault the chain is rerun; bronze must hold every produced record once, silver must equal
+the silver of a clean lakehouse fed the same records, and `verify` must be green.
+
+Every flow here runs in a process of its own (``ray_fault_child``): Ray ends a driver whose head
+goes away. This module runs just before the stack life-cycle test (tests/conftest.py orders them),
+and leaves the Ray head running.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+
+from infra.stack import Stack
+from tasks.catalog import ensure_buckets, ensure_namespaces, open_catalog
+from tasks.kafka import ensure_topic
+from tasks.simulator import TrafficProfile, produce
+from tests.conftest import ROOT, stack_environment
+from tests.integration.test_ingest_exactly_once import assert_exactly_once
+from tests.integration.test_service_faults import _silver_state, _verified
+
+pytestmark = pytest.mark.stack
+RECENT = datetime.now(timezone.utc)
+
+
+def _env(settings) -> dict[str, str]:
+    return {**stack_environment(), "LAKEHOUSE_CATALOG_TYPE": "sql", "LAKEHOUSE_CATALOG_URI": settings.catalog_uri,
+            "LAKEHOUSE_BUCKET_PREFIX": settings.bucket_prefix, "LAKEHOUSE_KAFKA_TOPIC": settings.kafka_topic}
+
+
+def _lakehouse(settings, *args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "flows.cli", *args], env=_env(settings), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _with_fault(settings, case: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tests.integration.ray_fault_child", case], env=_env(settings),
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def _private(stack_settings, tmp_path, name: str, topic: str):
+    settings = stack_settings.model_copy(update={
+        "catalog_type": "sql", "catalog_uri": f"sqlite:///{tmp_path / f'{name}.db'}",
+        "bucket_prefix": f"lakehouse-{name}", "kafka_topic": topic})
+    ensure_buckets(settings)
+    ensure_namespaces(open_catalog(settings), settings)
+    return settings
+
+
+@pytest.fixture
+def lakes(stack_settings, tmp_path):
+    import ray
+
+    ray.shutdown()  # this process must not be a driver of a head that is about to stop
+    topic = f"it-ray-{uuid.uuid4().hex[:8]}"
+    faulty = _private(stack_settings, tmp_path, "rayfault", topic)
+    clean = _private(stack_settings, tmp_path, "rayclean", topic)
+    ensure_topic(faulty, topic, partitions=3)
+    yield faulty, clean, Stack(stack_settings)
+    Stack(stack_settings).up()
+
+
+@pytest.mark.parametrize("case", ["head-during-silver", "host-during-silver"])
+def test_ray_gone_during_a_silver_promotion(lakes, case):
+    faulty, clean, stack = lakes
+    sent = produce(faulty, TrafficProfile(events=3000, seed=51, duplicate_rate=0.05, malformed_rate=0.02,
+                                          late_rate=0.02, end=RECENT))
+    for settings in (faulty, clean):
+        _lakehouse(settings, "run", "ingest", "--until-caught-up")
+    assert_exactly_once(faulty, sent.events)
+    faulted = _with_fault(faulty, case)
+    assert "fired" in faulted.stdout, faulted.stdout + faulted.stderr[-3000:]
+    stack.up(["ray"])  # back, if the fault stopped it
+    _lakehouse(faulty, "run", "silver")
+    _lakehouse(clean, "run", "silver")
+    assert _silver_state(faulty) == _silver_state(clean)
+    _verified(faulty)
+
+
+def test_writer_actor_killed_while_reading_kafka(lakes):
+    faulty, _, _ = lakes
+    sent = produce(faulty, TrafficProfile(events=60_000, seed=61, end=RECENT))
+    faulted = _with_fault(faulty, "writer-during-ingest")
+    assert "fired" in faulted.stdout, faulted.stdout + faulted.stderr[-3000:]
+    _lakehouse(faulty, "run", "ingest", "--until-caught-up")
+    assert_exactly_once(faulty, sent.events)
+    _verified(faulty)

@@ -1,0 +1,138 @@
+"""The fault matrix's service faults (SeaweedFS, the Iceberg REST catalog, the Prefect server; Ray's
+are in test_ray_faults.py): a real service of the stack goes away at a precise point of a
+running flow, comes back, and the chain is rerun. Bronze and silver must then hold exactly what a
+run without the fault gives: every produced record once in bronze, silver equal to the silver of
+a clean lakehouse fed the same records, and `verify` green.
+
+The fault is injected through the flows' named points (``crash_if``, which the SIGKILL tests use
+to kill the flow itself): here the same point stops a service instead, in-process.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+
+from infra.stack import Stack
+from tasks.catalog import ensure_buckets, ensure_namespaces, open_catalog
+from tasks.kafka import ensure_topic
+from tasks.simulator import TrafficProfile, produce
+from tasks.tables import SILVER_CONVERSION_EVENTS_REJECTED, SILVER_DIM_USERS, SILVER_FACT_CONVERSIONS
+from tests.integration.test_ingest_exactly_once import assert_exactly_once
+
+pytestmark = pytest.mark.stack
+RECENT = datetime.now(timezone.utc)
+
+
+@pytest.fixture
+def lake(stack_settings, tmp_path):
+    """A private lakehouse on the stack's services: its own SQLite catalog, buckets and topic."""
+    topic = f"it-svc-{uuid.uuid4().hex[:8]}"
+    settings = stack_settings.model_copy(update={
+        "catalog_type": "sql", "catalog_uri": f"sqlite:///{tmp_path / 'catalog.db'}",
+        "bucket_prefix": "lakehouse-faults", "kafka_topic": topic,
+    })
+    ensure_buckets(settings)
+    ensure_namespaces(open_catalog(settings), settings)
+    ensure_topic(settings, topic, partitions=3)
+    yield settings
+    Stack(stack_settings).up()  # whatever a test stopped is back for the next one
+
+
+def _fault_at(monkeypatch, module, point: str, action) -> list[str]:
+    """Run ``action`` (once) when the flow in ``module`` reaches ``point``; returns a log."""
+    fired: list[str] = []
+
+    def at(stage: str, crash_at: str | None) -> None:
+        if stage == point and not fired:
+            fired.append(stage)
+            action()
+
+    monkeypatch.setattr(module, "crash_if", at)
+    return fired
+
+
+def _down_then_up(stack: Stack, service: str, seconds: float):
+    def act():
+        stack.down([service])
+        threading.Timer(seconds, lambda: stack.up([service])).start()
+    return act
+
+
+def _silver_state(settings) -> dict:
+    catalog = open_catalog(settings)
+    facts = catalog.load_table(SILVER_FACT_CONVERSIONS.identifier).scan(
+        selected_fields=("event_id", "source_topic", "source_partition", "source_offset")).to_arrow().to_pylist()
+    rejected = catalog.load_table(SILVER_CONVERSION_EVENTS_REJECTED.identifier).scan(
+        selected_fields=("source_partition", "source_offset")).to_arrow().to_pylist()
+    users = catalog.load_table(SILVER_DIM_USERS.identifier).scan(
+        selected_fields=("user_id", "user_plan", "valid_from")).to_arrow().to_pylist()
+    key = lambda r: repr(sorted(r.items()))  # noqa: E731
+    return {"facts": sorted((f["event_id"], f["source_partition"], f["source_offset"]) for f in facts),
+            "rejected": sorted(map(key, rejected)), "users": sorted(map(key, users))}
+
+
+def _verified(settings) -> None:
+    from tasks.verify import verify
+
+    report = verify(open_catalog(settings), settings)
+    assert report.ok, report.first_failure
+
+
+def _run_through(run) -> None:
+    """Run a flow through the fault: it may fail (a store that went away) or finish (a Prefect
+    server that came back in time); either way the rerun must leave the tables right."""
+    try:
+        run()
+    except Exception:  # noqa: BLE001 - the outcome is judged by the tables, below
+        pass
+
+
+@pytest.mark.parametrize("service,point", [("seaweedfs", "files-written"), ("iceberg-rest", "files-written"),
+                                           ("prefect", "files-written")])
+def test_storage_or_catalog_gone_during_an_ingest_commit(lake, stack_settings, monkeypatch, service, point):
+    import flows.ingest as ingest
+
+    settings = lake if service == "seaweedfs" else lake.model_copy(update={
+        "catalog_type": "rest", "catalog_uri": stack_settings.catalog_uri})
+    if service == "iceberg-rest":  # the catalog must be the one that goes away
+        ensure_namespaces(open_catalog(settings), settings)
+    stack = Stack(stack_settings)
+    sent = produce(settings, TrafficProfile(events=2000, seed=31, end=RECENT))
+    fired = _fault_at(monkeypatch, ingest, point, _down_then_up(stack, service, 3.0))
+    _run_through(lambda: ingest.ingest_flow(settings=settings, max_records=800))
+    assert fired == [point]
+    monkeypatch.undo()
+    stack.up([service])
+    report = ingest.ingest_flow(settings=settings, max_batches=50)
+    assert report["lag_left"] == 0
+    assert_exactly_once(settings, sent.events)
+
+
+@pytest.mark.parametrize("service,point", [("seaweedfs", "rejected-committed"), ("prefect", "rejected-committed")])
+def test_storage_or_prefect_gone_during_a_silver_promotion(lake, stack_settings, tmp_path, monkeypatch, service, point):
+    from flows.ingest import ingest_flow
+    import flows.silver as silver
+
+    clean = lake.model_copy(update={"catalog_uri": f"sqlite:///{tmp_path / 'clean.db'}",
+                                    "bucket_prefix": "lakehouse-faults-clean"})
+    ensure_buckets(clean)
+    ensure_namespaces(open_catalog(clean), clean)
+    sent = produce(lake, TrafficProfile(events=3000, seed=41, duplicate_rate=0.05, malformed_rate=0.02,
+                                        late_rate=0.02, end=RECENT))
+    for settings in (lake, clean):
+        assert ingest_flow(settings=settings, max_batches=50)["lag_left"] == 0
+    stack = Stack(stack_settings)
+    fired = _fault_at(monkeypatch, silver, point, _down_then_up(stack, service, 3.0))
+    _run_through(lambda: silver.silver_flow(settings=lake))
+    assert fired == [point]
+    monkeypatch.undo()
+    stack.up([service])
+    silver.silver_flow(settings=lake)
+    silver.silver_flow(settings=clean)
+    assert _silver_state(lake) == _silver_state(clean)
+    assert len(_silver_state(lake)["facts"]) <= sent.events
+    _verified(lake)

@@ -665,7 +665,7 @@ def child_duckdb(ns) -> None:
                success, error_code, latency_ms, endpoint, http_status, client, region, cache_hit, numeral_value,
                source_topic, source_partition, source_offset, kafka_timestamp
         FROM typed WHERE len(reason_codes) = 0
-        QUALIFY row_number() OVER (PARTITION BY ev_id ORDER BY kafka_timestamp, source_partition, source_offset) = 1
+        QUALIFY row_number() OVER (PARTITION BY ev_id ORDER BY kafka_timestamp, source_topic, source_partition, source_offset) = 1
     """)
     t = mark("dedup_within_batch", t)
     days = [r[0] for r in con.execute("SELECT DISTINCT event_date FROM batch").fetchall()]
@@ -676,7 +676,7 @@ def child_duckdb(ns) -> None:
     hist_sql = "[" + ", ".join(f"'{p}'" for p in history_files) + "]"
     con.execute(f"""
         CREATE TEMP TABLE hist AS
-        SELECT event_id, kafka_timestamp, source_partition, source_offset
+        SELECT event_id, kafka_timestamp, source_topic, source_partition, source_offset
         FROM read_parquet({hist_sql}, union_by_name = true)
         WHERE event_date IN (SELECT event_date FROM batch)
     """)
@@ -687,9 +687,8 @@ def child_duckdb(ns) -> None:
         SELECT b.*, h.event_id IS NOT NULL AS replaces
         FROM batch b LEFT JOIN hist h ON b.event_id = h.event_id
         WHERE h.event_id IS NULL
-           OR b.kafka_timestamp < h.kafka_timestamp
-           OR (b.kafka_timestamp = h.kafka_timestamp AND (b.source_partition < h.source_partition
-               OR (b.source_partition = h.source_partition AND b.source_offset < h.source_offset)))
+           OR (b.kafka_timestamp, b.source_topic, b.source_partition, b.source_offset)
+              < (h.kafka_timestamp, h.source_topic, h.source_partition, h.source_offset)
     """)
     t = mark("anti_join_history", t)
     con.execute(f"COPY (SELECT * EXCLUDE (replaces) FROM inserts) TO '{out_dir / 'facts.parquet'}' "
@@ -738,7 +737,7 @@ def child_duckdb(ns) -> None:
     reasons = dict(con.execute("SELECT code, count(*) FROM (SELECT unnest(reason_codes) AS code FROM typed) "
                                "GROUP BY code ORDER BY 2 DESC").fetchall())
     # Untimed: the batch's first arrivals, for the pyiceberg upsert peer.
-    con.execute(f"COPY (SELECT * FROM batch ORDER BY kafka_timestamp, source_partition, source_offset) "
+    con.execute(f"COPY (SELECT * FROM batch ORDER BY kafka_timestamp, source_topic, source_partition, source_offset) "
                 f"TO '{out_dir / 'batch.parquet'}' (FORMAT parquet)")
     Path(ns.out).write_text(json.dumps({
         "seconds_validate_dedup_write": round(core, 2),

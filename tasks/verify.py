@@ -1,6 +1,7 @@
 """Reconciliation of the lakehouse from its tables alone (`lakehouse verify`).
 
-Reads table data and snapshot summaries through the catalog; never writes, never asks Kafka.
+Reads table data and snapshot summaries through the catalog; never writes. Asks Kafka only when
+given a :class:`KafkaGapProbe` (``lakehouse verify --kafka``), to confirm bronze's offset gaps.
 Every check is a :class:`Check` with a name such as ``silver.records_accounted``; a check that
 cannot run (a table or snapshot it needs is gone, a file is unreadable) fails with the reason
 rather than stopping the others. A table that does not exist yet, or has no rows, passes with
@@ -18,10 +19,17 @@ offset are read, in batches, kept as one sorted int64 array per partition):
     the one ingest resumed at) or by a loss to Kafka retention that the ingest recorded (a batch
     whose ``offsets_from`` is past the previous commit's next offset; when the previous commit was
     expired, up to the batch's ``lost_to_retention`` offsets before its start). Other gaps are
-    *unexplained*: transaction markers (one offset per committed transaction), aborted
-    transactions and compaction leave them too, and tables alone can't tell those from lost
-    records. An unexplained gap of at most ``max_marker_gap`` offsets passes with a warning
-    (fails with ``allow_unexplained_gaps=False`` or ``strict``); a larger one fails.
+    *unexplained*: transaction markers (one offset per transaction), aborted transactions (a gap
+    of N + 1 offsets for N records) and compaction leave them too, and tables alone can't tell
+    those from lost records. Without Kafka every unexplained gap passes with a warning (those of
+    at most ``max_marker_gap`` offsets look like markers; larger ones are named, "run with
+    --kafka to confirm"), and fails with ``allow_unexplained_gaps=False`` or ``strict``.
+    With a :class:`KafkaGapProbe` each unexplained gap is read back from the broker
+    (read_committed, from the gap's first offset until a record at or past its end, or the
+    partition's end): a committed record Kafka delivers *inside* a gap is one bronze lost (fails,
+    naming topic, partition and offset); a gap with none is confirmed (passes, strict included);
+    a gap whose offsets Kafka no longer has (below the low watermark, past the high one, the
+    topic gone), that timed out, or that the probe's bound left out is unconfirmable: a warning.
   - ``bronze.offsets_unique``: no (topic, partition, offset) twice.
   - ``bronze.offsets_within_recorded``: no offset at or past the recorded next offset, and no
     partition with rows but no recorded offset.
@@ -70,24 +78,25 @@ are read only for the records silver holds in neither table, from the files that
 (listed offsets in the row filter up to IN_LIST_LIMIT per partition, else the offset range, then
 matched exactly). The facts' event_id column is read whole for the uniqueness check.
 
-What it can't see: lost records that look like transaction markers (unexplained gaps within
-``max_marker_gap``); records Kafka lost before the first retained ingest report; resets recorded
-only in expired snapshots (their gaps turn unexplained); whether silver validated correctly (a
-record is accounted for whether it went to facts or quarantine; a fact's columns are not compared
-with its bronze value); whether dim_users versions carry the right plan and country; gold tables
-other than daily_conversion_metrics and gold columns other than the counts (latency
-percentiles, averages, success_rate); anything in bronze past silver's watermark, or in silver
-past gold's.
+What it can't see: without Kafka, lost records that look like markers or aborted transactions
+(unexplained gaps, warnings); with it, losses in gaps Kafka no longer retains; records Kafka lost
+before the first retained ingest report; resets recorded only in expired snapshots (their gaps
+turn unexplained); whether silver validated correctly (a record is accounted for whether it went to
+facts or quarantine; a fact's columns are not compared with its bronze value); whether dim_users
+versions carry the right plan and country; gold tables other than daily_conversion_metrics and gold
+columns other than the counts (latency percentiles, averages, success_rate); anything in bronze past
+silver's watermark, or in silver past gold's.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -208,22 +217,26 @@ def verify(
     strict: bool = False,
     allow_unexplained_gaps: bool = True,
     max_marker_gap: int = 1,
+    kafka: "KafkaGapProbe | str | None" = None,
 ) -> VerifyReport:
     """Run the checks of ``layers`` (in bronze, silver, gold order) and return their report.
 
     ``strict``: unexplained bronze gaps fail, and so does every other warning.
     ``allow_unexplained_gaps=False``: only unexplained bronze gaps fail (other warnings stay warnings).
-    ``max_marker_gap``: the largest unexplained gap (in offsets) taken for a transaction marker.
+    ``max_marker_gap``: the largest unexplained gap (in offsets) described as a transaction marker.
+    ``kafka``: a :class:`KafkaGapProbe` (or a bootstrap string for one with default bounds) that
+    confirms unexplained bronze gaps against the broker; None: tables alone.
     ``settings`` is accepted for the CLI's uniform call; the catalog says everything verify reads.
     """
-    del settings  # everything comes from the catalog: table data and snapshot summaries
+    del settings  # everything comes from the catalog (and, if given, the probe's broker)
     unknown = [layer for layer in layers if layer not in LAYERS]
     if unknown:
         raise ValueError(f"unknown layer {unknown[0]!r}; layers are {', '.join(LAYERS)}")
     if max_marker_gap < 0:
         raise ValueError("max_marker_gap must be >= 0")
+    probe = KafkaGapProbe(kafka) if isinstance(kafka, str) else kafka
     options = Options(allow_unexplained_gaps and not strict, max_marker_gap, strict)
-    context = _Context(catalog, options)
+    context = _Context(catalog, options, probe)
     chosen = tuple(layer for layer in LAYERS if layer in layers)
     report = VerifyReport(layers=chosen, strict=strict)
     for layer in chosen:
@@ -248,9 +261,10 @@ def _guarded(layer: str, names: tuple[str, ...], run: Callable[["_Context"], lis
 class _Context:
     """Tables loaded once, and bronze offsets read once per snapshot, for one verify run."""
 
-    def __init__(self, catalog: Catalog, options: Options):
+    def __init__(self, catalog: Catalog, options: Options, kafka: "KafkaGapProbe | None" = None):
         self.catalog = catalog
         self.options = options
+        self.kafka = kafka
         self._tables: dict[str, Table | None] = {}
         self._offsets: dict[int, tuple[dict[Key, np.ndarray], int]] = {}
 
@@ -455,6 +469,251 @@ def _gaps(unique: np.ndarray, start: int | None, end: int) -> tuple[np.ndarray, 
     return a.astype(np.int64), b.astype(np.int64)
 
 
+# ---- the Kafka cross-check of bronze's gaps -----------------------------------------------------
+
+_PENDING, _CONFIRMED, _LOST, _GONE = 0, 1, 2, 3
+LOST_EXAMPLES = 100  # lost records kept by coordinates in a probe's result (all are counted)
+
+
+@dataclass
+class GapProbeResult:
+    """What Kafka said about bronze's unexplained gaps. ``unconfirmable``: reason -> (gaps, offsets)."""
+
+    gaps: int = 0
+    confirmed_gaps: int = 0
+    confirmed_offsets: int = 0
+    lost_gaps: int = 0
+    lost_records: int = 0
+    lost: list[tuple[str, int, int]] = field(default_factory=list)  # (topic, partition, offset), the first ones
+    unconfirmable: dict[str, list[int]] = field(default_factory=dict)
+    unprobed_gaps: int = 0
+    unprobed_offsets: int = 0
+    bound: str | None = None  # what cut the probe short
+
+    @property
+    def unconfirmable_gaps(self) -> int:
+        return sum(gaps for gaps, _ in self.unconfirmable.values())
+
+    def _gone(self, reason: str, gaps: int, offsets: int) -> None:
+        if gaps:
+            entry = self.unconfirmable.setdefault(reason, [0, 0])
+            entry[0] += gaps
+            entry[1] += offsets
+
+    def as_counts(self) -> dict:
+        return {"gaps": self.gaps, "confirmed_gaps": self.confirmed_gaps, "confirmed_offsets": self.confirmed_offsets,
+                "lost_gaps": self.lost_gaps, "lost_records": self.lost_records,
+                "lost": [f"{t}[{p}]@{o}" for t, p, o in self.lost[:EXAMPLES]],
+                "unconfirmable_gaps": self.unconfirmable_gaps,
+                "unconfirmable": {k: {"gaps": g, "offsets": o} for k, (g, o) in self.unconfirmable.items()},
+                "unprobed_gaps": self.unprobed_gaps, "unprobed_offsets": self.unprobed_offsets, "bound": self.bound}
+
+
+@dataclass(frozen=True)
+class KafkaGapProbe:
+    """Reads bronze's unexplained offset gaps back from Kafka to tell the broker's own gaps
+    (transaction markers, aborted transactions, compaction) from records bronze lost.
+
+    One consumer (``read_committed``, assigned, never committing) for the whole run. Per partition,
+    the gaps are read in offset order: the consumer is assigned at a gap's first offset (the low
+    watermark if retention took the start) and consumes until the position passes the gap's end
+    (a delivered record at or past it, or ``consumer.position`` after a fetch that skipped the
+    gap's markers and aborted records); a following gap within ``read_through`` offsets is read on
+    by the same fetches instead of a new assignment. Every delivered record is checked against
+    every gap of its partition. Bounds: at most ``max_gaps`` gaps are probed (the largest first),
+    ``max_seconds`` in all, and a gap without progress for ``stall_seconds`` is given up.
+    ``consumer_factory`` (tests) returns an object with the ``confluent_kafka.Consumer`` methods
+    list_topics, get_watermark_offsets, assign, consume, position and close.
+    """
+
+    bootstrap: str
+    max_gaps: int = 10_000
+    max_seconds: float = 300.0
+    stall_seconds: float = 10.0
+    read_through: int = 1_000
+    poll_seconds: float = 0.05
+    consumer_factory: Callable[[], Any] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **bounds) -> "KafkaGapProbe":
+        return cls(settings.kafka_bootstrap, **bounds)
+
+    def _consumer(self):
+        if self.consumer_factory is not None:
+            return self.consumer_factory()
+        from confluent_kafka import Consumer
+
+        from tasks.kafka import consumer_config
+
+        return Consumer({**consumer_config(self.bootstrap, "lakehouse-verify"), "isolation.level": "read_committed",
+                         # a new assignment per gap: fetch little past it, prefetch little
+                         "fetch.max.bytes": 1 << 20, "max.partition.fetch.bytes": 1 << 20,
+                         "queued.max.messages.kbytes": 4096})
+
+    def probe(self, gaps: dict[Key, tuple[np.ndarray, np.ndarray]]) -> GapProbeResult:
+        """Classify the gaps [a, b) of each (topic, partition) (sorted, disjoint)."""
+        result = GapProbeResult(gaps=sum(len(a) for a, _ in gaps.values()))
+        if result.gaps == 0:
+            return result
+        wanted = self._select(gaps)
+        if result.gaps > self.max_gaps:
+            result.bound = f"max_gaps={self.max_gaps}"
+        started = time.monotonic()
+        deadline = started + self.max_seconds
+        consumer = None
+        try:
+            consumer = self._consumer()
+            for topic in sorted({t for t, _ in gaps}):
+                keys = sorted(k for k in gaps if k[0] == topic)
+                partitions = self._partitions(consumer, topic)
+                for key in keys:
+                    a, b = gaps[key]
+                    if partitions is None or key[1] not in partitions:
+                        why = "topic no longer exists" if partitions is None else "partition no longer exists"
+                        result._gone(why, len(a), int((b - a).sum()))
+                        continue
+                    if time.monotonic() >= deadline:
+                        result.bound = result.bound or f"max_seconds={self.max_seconds:g}"
+                        self._unprobed(result, a, b, np.ones(len(a), dtype=bool))
+                        continue
+                    self._probe_partition(consumer, key, a, b, wanted[key], deadline, result)
+        except Exception as exc:  # noqa: BLE001 - an unreachable broker leaves gaps unconfirmed, not verify broken
+            done = result.confirmed_gaps + result.lost_gaps + result.unconfirmable_gaps + result.unprobed_gaps
+            result._gone(f"Kafka error: {type(exc).__name__}: {exc}", result.gaps - done, 0)
+        finally:
+            if consumer is not None:
+                consumer.close()
+        return result
+
+    def _select(self, gaps: dict[Key, tuple[np.ndarray, np.ndarray]]) -> dict[Key, np.ndarray]:
+        """Which gaps to probe: all, or the ``max_gaps`` largest (then the earliest)."""
+        total = sum(len(a) for a, _ in gaps.values())
+        if total <= self.max_gaps:
+            return {key: np.ones(len(a), dtype=bool) for key, (a, _) in gaps.items()}
+        keys = sorted(gaps)
+        sizes = np.concatenate([gaps[k][1] - gaps[k][0] for k in keys])
+        owner = np.concatenate([np.full(len(gaps[k][0]), i) for i, k in enumerate(keys)])
+        chosen = np.zeros(total, dtype=bool)
+        chosen[np.argsort(-sizes, kind="stable")[: self.max_gaps]] = True
+        return {k: chosen[owner == i] for i, k in enumerate(keys)}
+
+    @staticmethod
+    def _partitions(consumer, topic: str) -> set[int] | None:
+        metadata = consumer.list_topics(topic, timeout=10)
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None:
+            return None
+        return set(found.partitions)
+
+    @staticmethod
+    def _unprobed(result: GapProbeResult, a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> None:
+        result.unprobed_gaps += int(mask.sum())
+        result.unprobed_offsets += int((b[mask] - a[mask]).sum())
+
+    def _probe_partition(self, consumer, key: Key, a: np.ndarray, b: np.ndarray, wanted: np.ndarray,
+                         deadline: float, result: GapProbeResult) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        topic, partition = key
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        lo, hi = np.maximum(a, low), np.minimum(b, high)  # the part of each gap Kafka still has
+        status = np.where(lo < hi, _PENDING, _GONE).astype(np.int8)
+        lost = np.zeros(len(a), dtype=bool)
+        timed_out = np.zeros(len(a), dtype=bool)
+        read_from = cursor = None  # this assignment's start; the offset every record before it was read
+        for i in np.nonzero(wanted & (status == _PENDING))[0].tolist():
+            if status[i] != _PENDING:
+                continue  # read through while probing an earlier gap
+            if time.monotonic() >= deadline:
+                result.bound = result.bound or f"max_seconds={self.max_seconds:g}"
+                break
+            start, end = int(lo[i]), int(hi[i])
+            if cursor is None or start - cursor > self.read_through:
+                # Only ever forward: librdkafka may report the previous assignment's position until
+                # the new one fetches, and that is at most ``cursor``, below ``start``.
+                consumer.assign([TopicPartition(topic, partition, start)])
+                read_from = cursor = start
+            progress_at = time.monotonic()
+            out_of_time = False
+            while cursor < end:
+                now = time.monotonic()
+                out_of_time = now >= deadline
+                if out_of_time or now - progress_at >= self.stall_seconds:
+                    break
+                before = cursor
+                messages = consumer.consume(num_messages=1_000, timeout=self.poll_seconds)
+                for message in messages:
+                    if message.error() is not None:
+                        raise KafkaException(message.error())
+                    offset = message.offset()
+                    if (message.topic(), message.partition()) != key or offset < cursor:
+                        continue  # delivered before (or for an earlier assignment)
+                    j = int(np.searchsorted(a, offset, side="right")) - 1
+                    if j >= 0 and offset < b[j]:
+                        lost[j] = True
+                        result.lost_records += 1
+                        if len(result.lost) < LOST_EXAMPLES:
+                            result.lost.append((topic, partition, offset))
+                    cursor = offset + 1
+                # after a fetch the position is past the markers and aborted records it skipped
+                position = consumer.position([TopicPartition(topic, partition)])[0].offset
+                if position is not None and position > cursor:
+                    cursor = position
+                if cursor > before:
+                    progress_at = time.monotonic()
+            # every pending gap the continuous read from ``read_from`` passed is settled
+            done = (status == _PENDING) & (lo >= read_from) & (hi <= cursor)
+            status[done] = _CONFIRMED
+            if status[i] == _PENDING:
+                if out_of_time:
+                    result.bound = result.bound or f"max_seconds={self.max_seconds:g}"
+                    break  # this gap and the rest: not probed
+                timed_out[i] = True
+                status[i] = _GONE
+                cursor = None  # start afresh for the next gap
+        status[lost] = _LOST
+        whole = (lo == a) & (hi == b)
+        confirmed = (status == _CONFIRMED) & whole
+        result.confirmed_gaps += int(confirmed.sum())
+        result.confirmed_offsets += int((b[confirmed] - a[confirmed]).sum())
+        result.lost_gaps += int(lost.sum())
+        rest = ~lost & ~confirmed & (status != _PENDING)
+        below = rest & (lo > a) & ~timed_out
+        beyond = rest & (hi < b) & ~below & ~timed_out
+        reasons = (
+            (below, f"offsets below the low watermark {low} (deleted by retention)"),
+            (beyond, f"offsets at or past the high watermark {high} (topic recreated or truncated?)"),
+            (rest & timed_out & ~below & ~beyond, f"no answer within {self.stall_seconds:g}s"),
+        )
+        for mask, why in reasons:
+            result._gone(why, int(mask.sum()), int((b[mask] - a[mask]).sum()))
+        unprobed = status == _PENDING
+        if unprobed.any():
+            self._unprobed(result, a, b, unprobed)
+
+
+def _describe_probe(probe: GapProbeResult, parts: list[str]) -> tuple[bool, bool]:
+    """Append the probe's findings to ``parts``; returns (failed, warning)."""
+    if probe.confirmed_gaps:
+        parts.append(f"{_plural(probe.confirmed_gaps, 'gap')} ({probe.confirmed_offsets} offsets) confirmed by "
+                     "Kafka: no committed record inside (transaction markers, aborted transactions or compaction)")
+    warning = False
+    for why, (gaps, offsets) in sorted(probe.unconfirmable.items()):
+        warning = True
+        parts.append(f"{_plural(gaps, 'gap')} ({offsets} offsets) unconfirmable: {why}")
+    if probe.unprobed_gaps:
+        warning = True
+        parts.append(f"{_plural(probe.unprobed_gaps, 'gap')} ({probe.unprobed_offsets} offsets) not probed: "
+                     f"the probe's bound {probe.bound} cut it short")
+    failed = probe.lost_records > 0
+    if failed:
+        shown = ", ".join(f"{t}[{p}]@{o}" for t, p, o in probe.lost[:EXAMPLES])
+        parts.append(f"records missing from bronze: Kafka delivered {probe.lost_records} committed "
+                     f"record(s) inside bronze's gaps ({_plural(probe.lost_gaps, 'gap')}): {shown}"
+                     + (", ..." if probe.lost_records > EXAMPLES else ""))
+    return failed, warning
+
+
 _BRONZE_CHECKS = ("bronze.offsets_contiguous", "bronze.offsets_unique", "bronze.offsets_within_recorded")
 
 
@@ -474,11 +733,13 @@ def _bronze_checks(context: _Context) -> list[Check]:
                             "reset_gaps", "reset_offsets", "retention_gaps", "retention_offsets", "unexplained_gaps",
                             "unexplained_offsets", "unexplained_gaps_over_marker_size"), 0)
     largest = 0
-    worst: list[str] = []
+    worst: list[str] = []  # unexplained gaps larger than max_marker_gap
+    some: list[str] = []  # the first unexplained gaps
     repeated: list[str] = []
     beyond: list[str] = []
     unrecorded: list[str] = []
     per_partition = {}
+    unexplained_gaps: dict[Key, tuple[np.ndarray, np.ndarray]] = {}
     for key in sorted(set(present) | set(next_of)):
         offsets = present.get(key, _EMPTY)
         totals["records"] += len(offsets)
@@ -511,6 +772,8 @@ def _bronze_checks(context: _Context) -> list[Check]:
         totals["retention_gaps"] += n
         totals["retention_offsets"] += covered
         sizes = b - a
+        if len(sizes):
+            unexplained_gaps[key] = (a, b)
         totals["unexplained_gaps"] += len(sizes)
         totals["unexplained_offsets"] += int(sizes.sum())
         big = sizes > options.max_marker_gap
@@ -518,8 +781,8 @@ def _bronze_checks(context: _Context) -> list[Check]:
         if len(sizes):
             largest = max(largest, int(sizes.max()))
         worst += [f"{_fmt_key(key)} [{lo}, {hi})" for lo, hi in zip(a[big][:EXAMPLES].tolist(), b[big][:EXAMPLES].tolist())]
-        if not options.allow_unexplained_gaps and not big.any():
-            worst += [f"{_fmt_key(key)} [{lo}, {hi})" for lo, hi in zip(a[:EXAMPLES].tolist(), b[:EXAMPLES].tolist())]
+        if len(some) < EXAMPLES:
+            some += [f"{_fmt_key(key)} [{lo}, {hi})" for lo, hi in zip(a[:EXAMPLES].tolist(), b[:EXAMPLES].tolist())]
         per_partition[_fmt_key(key)] = {"first": start, "next": end, "records": len(offsets)}
     counts = {"partitions": len(per_partition), **totals, "largest_unexplained_gap": largest,
               "max_marker_gap": options.max_marker_gap, "by_partition": per_partition}
@@ -532,23 +795,33 @@ def _bronze_checks(context: _Context) -> list[Check]:
         parts.append(f"{_plural(totals['retention_gaps'], 'gap')} ({totals['retention_offsets']} offsets) "
                      f"lost to Kafka retention as the ingest recorded")
     unexplained = totals["unexplained_gaps"]
-    warning = False
+    ok, warning = True, False
     if unexplained:
         parts.append(f"{_plural(unexplained, 'unexplained gap')} ({totals['unexplained_offsets']} offsets, "
                      f"largest {largest})")
-    if totals["unexplained_gaps_over_marker_size"]:
-        ok = False
-        parts.append(f"{totals['unexplained_gaps_over_marker_size']} larger than max_marker_gap="
-                     f"{options.max_marker_gap}: records missing from bronze, e.g. {', '.join(worst[:EXAMPLES])}")
-    elif unexplained and not options.allow_unexplained_gaps:
-        ok = False
-        parts.append(f"not allowed (strict): e.g. {', '.join(worst[:EXAMPLES])}")
-    else:
-        ok = True
-        if unexplained:
-            warning = True
+    if context.kafka is not None:
+        # Kafka says which gaps are its own: confirmed ones pass, lost records fail, the rest warn
+        probe = context.kafka.probe(unexplained_gaps)
+        counts["kafka"] = probe.as_counts()
+        failed, warning = _describe_probe(probe, parts)
+        if failed:
+            ok = False
+        elif warning and not options.allow_unexplained_gaps:
+            ok = False
+            parts.append("unconfirmed gaps not allowed (strict)")
+    elif unexplained:
+        warning = True
+        over = totals["unexplained_gaps_over_marker_size"]
+        if over:
+            parts.append(f"{over} larger than max_marker_gap={options.max_marker_gap}, e.g. "
+                         f"{', '.join(worst[:EXAMPLES])}: records missing from bronze, or an aborted transaction "
+                         "(it leaves a gap of its records + 1); run with --kafka to confirm")
+        else:
             parts.append(f"each at most {options.max_marker_gap} offset(s): consistent with transaction markers, "
-                         "but tables alone can't prove it")
+                         "but tables alone can't prove it (run with --kafka to confirm)")
+        if not options.allow_unexplained_gaps:
+            ok = False
+            parts.append(f"not allowed (strict): e.g. {', '.join((worst or some)[:EXAMPLES])}")
     if explained.malformed_resets:
         warning = True
         parts.append(f"unreadable {RESET_KEY} records: {'; '.join(explained.malformed_resets[:EXAMPLES])}")

@@ -33,7 +33,7 @@ from tasks.tables import (
     ensure_table,
 )
 from tasks.transforms.bronze import RecordColumns, concat_batches, records_to_arrow
-from tasks.verify import RESET_KEY, VerifyReport, render_table, verify
+from tasks.verify import RESET_KEY, KafkaGapProbe, VerifyReport, render_table, verify
 
 TOPIC = "conversion-events"
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=timezone.utc)
@@ -290,13 +290,17 @@ def test_report_renders_as_a_table_and_as_json(lake):
 
 # ---- bronze ----------------------------------------------------------------------------------------
 
-def test_missing_bronze_offsets_fail_offsets_contiguous(lake):
+def test_missing_bronze_offsets_warn_without_kafka_and_fail_when_strict(lake):
     lake.land({0: [0, 1, 2, 6, 7], 1: [0, 1]}, {0: 8, 1: 2})  # p0 3..5 never landed
     report = lake.verify("bronze")
-    assert failed(report) == {"bronze.offsets_contiguous"}
-    assert report.first_failure.name == "bronze.offsets_contiguous"
-    assert "conversion-events[0] [3, 6)" in report.first_failure.detail
-    assert report.first_failure.counts["largest_unexplained_gap"] == 3
+    contiguous = report.check("bronze.offsets_contiguous")
+    assert report.ok and contiguous.warning, render_table(report)  # or an aborted transaction: tables can't tell
+    assert "conversion-events[0] [3, 6)" in contiguous.detail and "--kafka" in contiguous.detail
+    assert contiguous.counts["largest_unexplained_gap"] == 3
+    assert contiguous.counts["unexplained_gaps_over_marker_size"] == 1
+    strict = lake.verify("bronze", strict=True)
+    assert failed(strict) == {"bronze.offsets_contiguous"}
+    assert "conversion-events[0] [3, 6)" in strict.first_failure.detail
 
 
 def test_marker_sized_gap_warns_by_default_and_fails_when_strict(lake):
@@ -304,15 +308,23 @@ def test_marker_sized_gap_warns_by_default_and_fails_when_strict(lake):
     default = lake.verify("bronze")
     contiguous = default.check("bronze.offsets_contiguous")
     assert default.ok and contiguous.warning and contiguous.counts["unexplained_gaps"] == 2
+    assert "consistent with transaction markers" in contiguous.detail
     assert failed(lake.verify("bronze", allow_unexplained_gaps=False)) == {"bronze.offsets_contiguous"}
     assert failed(lake.verify("bronze", strict=True)) == {"bronze.offsets_contiguous"}
-    assert lake.verify("bronze", max_marker_gap=0).first_failure.name == "bronze.offsets_contiguous"
+    smaller = lake.verify("bronze", max_marker_gap=0).check("bronze.offsets_contiguous")
+    assert smaller.ok and smaller.warning and "larger than max_marker_gap=0" in smaller.detail
 
 
-def test_larger_gaps_pass_with_a_larger_max_marker_gap(lake):
-    lake.land({0: [0, 1, 5]}, {0: 6})  # an aborted transaction of 2 records and its marker
-    assert failed(lake.verify("bronze")) == {"bronze.offsets_contiguous"}
-    assert lake.verify("bronze", max_marker_gap=3).ok
+def test_aborted_transaction_sized_gap_warns_without_kafka(lake):
+    lake.land({0: [0, 1, 5]}, {0: 6})  # an aborted transaction of 2 records and its marker, or 3 lost records
+    report = lake.verify("bronze")
+    contiguous = report.check("bronze.offsets_contiguous")
+    assert report.ok and contiguous.warning, render_table(report)
+    assert "aborted transaction" in contiguous.detail and "run with --kafka to confirm" in contiguous.detail
+    assert failed(lake.verify("bronze", strict=True)) == {"bronze.offsets_contiguous"}
+    assert failed(lake.verify("bronze", allow_unexplained_gaps=False)) == {"bronze.offsets_contiguous"}
+    larger = lake.verify("bronze", max_marker_gap=3).check("bronze.offsets_contiguous")
+    assert larger.ok and larger.warning and "consistent with transaction markers" in larger.detail
 
 
 def test_gap_covered_by_an_audited_reset_passes_even_when_strict(lake):
@@ -338,6 +350,184 @@ def test_offset_at_or_past_the_recorded_next_offset_fails(lake):
     lake.land({0: [0, 1, 2, 3]}, {0: 3})  # offset 3 landed but the summary says 3 is next
     assert failed(lake.verify("bronze")) == {"bronze.offsets_within_recorded"}
 
+
+
+# ---- bronze gaps against Kafka (a scripted broker) ------------------------------------------------
+
+class _Message:
+    def __init__(self, topic: str, partition: int, offset: int):
+        self._coords = (topic, partition, offset)
+
+    def error(self):
+        return None
+
+    def topic(self):
+        return self._coords[0]
+
+    def partition(self):
+        return self._coords[1]
+
+    def offset(self):
+        return self._coords[2]
+
+
+class ScriptedBroker:
+    """A consumer over scripted partitions: (topic, partition) -> (committed records, low, high).
+    Offsets in [low, high) without a record are transaction markers, aborted or compacted records,
+    which read_committed skips. ``consume`` delivers the next records in order (``per_poll`` at a
+    time); a poll with nothing left moves the position to the high watermark, as a fetch that skips
+    a trailing gap does. ``stale_position``: ``position`` keeps the previous assignment's value
+    until the new one fetches, as librdkafka may."""
+
+    def __init__(self, partitions: dict[tuple[str, int], tuple[list[int], int, int]], per_poll: int = 10_000,
+                 stale_position: bool = False):
+        self.partitions, self.per_poll, self.stale_position = partitions, per_poll, stale_position
+        self.assigned: tuple[str, int] | None = None
+        self.next = 0
+        self.positions: dict[tuple[str, int], int] = {}
+        self.assignments: list[tuple[str, int, int]] = []
+        self.closed = False
+
+    def list_topics(self, topic, timeout):
+        from types import SimpleNamespace
+
+        mine = sorted(p for t, p in self.partitions if t == topic)
+        return SimpleNamespace(topics={topic: SimpleNamespace(error=None if mine else "UNKNOWN_TOPIC_OR_PART",
+                                                              partitions={p: None for p in mine})})
+
+    def get_watermark_offsets(self, tp, timeout):
+        _, low, high = self.partitions[(tp.topic, tp.partition)]
+        return low, high
+
+    def assign(self, tps):
+        tp = tps[0]
+        key = (tp.topic, tp.partition)
+        self.assigned, self.next = key, max(tp.offset, self.partitions[key][1])
+        self.assignments.append((tp.topic, tp.partition, tp.offset))
+        if not self.stale_position:
+            self.positions.pop(key, None)
+
+    def consume(self, num_messages, timeout):
+        records, _, high = self.partitions[self.assigned]
+        pending = [o for o in records if o >= self.next][: min(num_messages, self.per_poll)]
+        self.next = pending[-1] + 1 if pending else max(self.next, high)
+        self.positions[self.assigned] = self.next
+        return [_Message(*self.assigned, o) for o in pending]
+
+    def position(self, tps):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(offset=self.positions.get((tps[0].topic, tps[0].partition), -1001))]
+
+    def close(self):
+        self.closed = True
+
+
+def probe_of(broker: ScriptedBroker, **bounds) -> KafkaGapProbe:
+    return KafkaGapProbe("unused:9092", consumer_factory=lambda: broker, poll_seconds=0, **bounds)
+
+
+# The log of a transactional producer: 0-2 committed, marker 3; 4-5 aborted, abort marker 6;
+# 7-8 committed, marker 9. read_committed delivers 0, 1, 2, 7, 8; bronze holds exactly those.
+TX_RECORDS, TX_END = [0, 1, 2, 7, 8], 10
+
+
+@pytest.mark.parametrize("per_poll", [10_000, 1])
+@pytest.mark.parametrize("read_through", [1_000, 0])
+def test_gaps_kafka_confirms_pass_even_when_strict(lake, per_poll, read_through):
+    lake.land({0: TX_RECORDS, 1: [0, 1, 2]}, {0: TX_END, 1: 4})  # p1: marker 3
+    assert lake.verify("bronze", strict=True).first_failure.name == "bronze.offsets_contiguous"  # tables alone
+    broker = ScriptedBroker({(TOPIC, 0): (TX_RECORDS, 0, TX_END), (TOPIC, 1): ([0, 1, 2], 0, 4)}, per_poll=per_poll)
+    report = lake.verify("bronze", strict=True, kafka=probe_of(broker, read_through=read_through))
+    assert report.ok and not report.warnings, render_table(report)
+    contiguous = report.check("bronze.offsets_contiguous")
+    assert "3 gaps (6 offsets) confirmed by Kafka" in contiguous.detail
+    assert contiguous.counts["kafka"]["confirmed_gaps"] == 3 and contiguous.counts["kafka"]["lost_records"] == 0
+    assert broker.closed
+    # one assignment per partition when the next gap is near (or already fetched past), else one per gap
+    assert len(broker.assignments) == (3 if read_through == 0 and per_poll == 1 else 2)
+
+
+@pytest.mark.parametrize("stale_position", [False, True])
+def test_committed_record_inside_a_gap_fails_naming_it(lake, stale_position):
+    lake.land({0: [0, 1, 2, 5, 7, 8]}, {0: TX_END})  # bronze lost 4 (Kafka has it); 3, 6 and 9 are markers
+    broker = ScriptedBroker({(TOPIC, 0): ([0, 1, 2, 4, 5, 7, 8], 0, TX_END)}, stale_position=stale_position)
+    report = lake.verify("bronze", kafka=probe_of(broker, read_through=0))  # not strict: fails anyway
+    assert failed(report) == {"bronze.offsets_contiguous"}
+    detail = report.first_failure.detail
+    assert "records missing from bronze" in detail and "conversion-events[0]@4" in detail, detail
+    kafka = report.first_failure.counts["kafka"]
+    assert (kafka["lost_records"], kafka["lost_gaps"], kafka["confirmed_gaps"]) == (1, 1, 2)
+    assert kafka["lost"] == ["conversion-events[0]@4"]
+
+
+def test_gap_kafka_no_longer_has_is_an_unconfirmable_warning(lake):
+    # retention moved the low watermark to 5: gap [3, 7) is partly gone, gap [0, ...) before it wholly
+    lake.land({0: [2, 7, 8]}, {0: TX_END}, offsets_from={0: 0})  # ingest started at 0: gap [0, 2)
+    broker = ScriptedBroker({(TOPIC, 0): ([7, 8], 5, TX_END)})
+    report = lake.verify("bronze", kafka=probe_of(broker))
+    contiguous = report.check("bronze.offsets_contiguous")
+    assert report.ok and contiguous.warning, render_table(report)
+    assert "2 gaps (6 offsets) unconfirmable: offsets below the low watermark 5" in contiguous.detail
+    assert "1 gap (1 offsets) confirmed by Kafka" in contiguous.detail  # the marker at 9
+    assert failed(lake.verify("bronze", strict=True, kafka=probe_of(broker))) == {"bronze.offsets_contiguous"}
+
+
+def test_topic_that_no_longer_exists_is_an_unconfirmable_warning(lake):
+    lake.land({0: TX_RECORDS}, {0: TX_END})
+    report = lake.verify("bronze", kafka=probe_of(ScriptedBroker({("other", 0): ([], 0, 0)})))
+    contiguous = report.check("bronze.offsets_contiguous")
+    assert report.ok and contiguous.warning, render_table(report)
+    assert "2 gaps (5 offsets) unconfirmable: topic no longer exists" in contiguous.detail
+
+
+def test_probe_bound_leaves_the_smallest_gaps_unprobed_with_a_warning(lake):
+    lake.land({0: TX_RECORDS}, {0: TX_END})  # gaps [3, 7) and [9, 10)
+    broker = ScriptedBroker({(TOPIC, 0): (TX_RECORDS, 0, TX_END)})
+    report = lake.verify("bronze", kafka=probe_of(broker, max_gaps=1, read_through=0))
+    contiguous = report.check("bronze.offsets_contiguous")
+    assert report.ok and contiguous.warning, render_table(report)
+    assert "1 gap (4 offsets) confirmed by Kafka" in contiguous.detail  # the largest first
+    assert "1 gap (1 offsets) not probed: the probe's bound max_gaps=1 cut it short" in contiguous.detail
+    assert contiguous.counts["kafka"]["unprobed_gaps"] == 1
+    assert broker.assignments == [(TOPIC, 0, 3)]
+
+
+def test_probe_that_gets_no_answer_gives_up_on_the_gap_with_a_warning(lake):
+    lake.land({0: TX_RECORDS}, {0: TX_END})
+
+    class Silent(ScriptedBroker):
+        def consume(self, num_messages, timeout):
+            return []  # the fetch never completes; the position stays where it was
+
+    broker = Silent({(TOPIC, 0): (TX_RECORDS, 0, TX_END)})
+    report = lake.verify("bronze", kafka=probe_of(broker, stall_seconds=0.05, read_through=0))
+    contiguous = report.check("bronze.offsets_contiguous")
+    assert report.ok and contiguous.warning, render_table(report)
+    assert "2 gaps (5 offsets) unconfirmable: no answer within 0.05s" in contiguous.detail
+    assert len(broker.assignments) == 2
+
+
+def test_probe_against_a_broker_that_cannot_be_reached_is_a_warning(lake):
+    lake.land({0: TX_RECORDS}, {0: TX_END})
+
+    def unreachable():
+        raise RuntimeError("broker down")
+
+    report = lake.verify("bronze", kafka=KafkaGapProbe("unused:9092", consumer_factory=unreachable))
+    contiguous = report.check("bronze.offsets_contiguous")
+    assert report.ok and contiguous.warning, render_table(report)
+    assert "unconfirmable: Kafka error: RuntimeError: broker down" in contiguous.detail
+
+
+def test_gaps_covered_by_a_reset_are_not_probed(lake):
+    lake.land({0: [0, 1]}, {0: 2})
+    lake.reset(0, 2, 4)
+    lake.land({0: [5, 6]}, {0: 7})
+    broker = ScriptedBroker({(TOPIC, 0): ([0, 1, 2, 3, 4, 5, 6], 0, 7)})  # 2..4 exist: the reset skipped them
+    report = lake.verify("bronze", strict=True, kafka=probe_of(broker))
+    assert report.ok, render_table(report)
+    assert broker.assignments == [] and report.check("bronze.offsets_contiguous").counts["kafka"]["gaps"] == 0
 
 # ---- silver ----------------------------------------------------------------------------------------
 

@@ -246,7 +246,9 @@ def test_records_deleted_before_ingest_stop_it_loudly_until_an_audited_reset(top
     assert latest_offsets(table)[topic_settings.kafka_topic][0] == 40
     shown = subprocess.run([sys.executable, "-m", "flows.cli", "history", BRONZE_CONVERSION_EVENTS_RAW.identifier,
                             "--format", "json"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    [row] = [r for r in json.loads(shown.stdout) if r["snapshot_id"] == reset["snapshot_id"]]
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    rows = [json.loads(line) for line in shown.stdout.splitlines() if line.strip()]  # JSON lines
+    [row] = [r for r in rows if r["snapshot_id"] == reset["snapshot_id"]]
     assert "30→40 (skipped 10)" in row["reset"] and "retention ran before ingest" in row["reset"]
 
     assert ingest_flow(settings=topic_settings)["records"] == 10

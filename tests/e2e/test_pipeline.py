@@ -15,8 +15,7 @@ from datetime import datetime, timezone
 import pyarrow.compute as pc
 import pytest
 
-from tasks.catalog import ensure_buckets, ensure_namespaces, open_catalog
-from tasks.kafka import ensure_topic
+from tasks.catalog import open_catalog
 from tasks.simulator import TrafficProfile, generate, produce
 from tasks.tables import (
     BRONZE_CONVERSION_EVENTS_RAW,
@@ -25,20 +24,14 @@ from tasks.tables import (
     SILVER_FACT_CONVERSIONS,
 )
 
+from tests.integration.private_lakehouse import s3_lake
+
 pytestmark = pytest.mark.stack
 
 
 @pytest.fixture
 def e2e_settings(stack_settings, tmp_path):
-    topic = f"e2e-{uuid.uuid4().hex[:8]}"
-    settings = stack_settings.model_copy(update={
-        "catalog_type": "sql", "catalog_uri": f"sqlite:///{tmp_path / 'e2e-catalog.db'}",
-        "bucket_prefix": "lakehouse-e2e", "kafka_topic": topic,
-    })
-    ensure_buckets(settings)
-    ensure_namespaces(open_catalog(settings), settings)
-    ensure_topic(settings, topic, partitions=3)
-    return settings
+    return s3_lake(stack_settings, tmp_path, "e2e", f"e2e-{uuid.uuid4().hex[:8]}")
 
 
 def expected_rejects(profile: TrafficProfile) -> int:

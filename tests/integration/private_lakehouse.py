@@ -28,6 +28,23 @@ def private_env(tmp_path) -> dict[str, str]:
     }
 
 
+def s3_lake(stack_settings, tmp_path, name: str, topic: str | None = None):
+    """Settings of a lakehouse of its own on the stack's services: a SQLite catalog in ``tmp_path``,
+    the buckets ``lakehouse-<name>-*`` on the stack's S3, and ``topic`` (created, 3 partitions)."""
+    from tasks.catalog import ensure_buckets, ensure_namespaces
+    from tasks.kafka import ensure_topic
+
+    settings = stack_settings.model_copy(update={
+        "catalog_type": "sql", "catalog_uri": f"sqlite:///{tmp_path / f'{name}-catalog.db'}",
+        "bucket_prefix": f"lakehouse-{name}", "kafka_topic": topic or stack_settings.kafka_topic,
+    })
+    ensure_buckets(settings)
+    ensure_namespaces(open_catalog(settings), settings)
+    if topic is not None:
+        ensure_topic(settings, topic, partitions=3)
+    return settings
+
+
 def make_event(n: int, *, occurred: datetime = NOW - timedelta(minutes=5), user: str | None = "u-1",
                plan: str = "free", version: int = 1, **extra) -> bytes:
     body = {

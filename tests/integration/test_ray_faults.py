@@ -19,10 +19,9 @@ from datetime import datetime, timezone
 import pytest
 
 from infra.stack import Stack
-from tasks.catalog import ensure_buckets, ensure_namespaces, open_catalog
-from tasks.kafka import ensure_topic
 from tasks.simulator import TrafficProfile, produce
 from tests.conftest import ROOT, stack_environment
+from tests.integration.private_lakehouse import s3_lake
 from tests.integration.test_ingest_exactly_once import assert_exactly_once
 from tests.integration.test_service_faults import _silver_state, _verified
 
@@ -47,24 +46,15 @@ def _with_fault(settings, case: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-def _private(stack_settings, tmp_path, name: str, topic: str):
-    settings = stack_settings.model_copy(update={
-        "catalog_type": "sql", "catalog_uri": f"sqlite:///{tmp_path / f'{name}.db'}",
-        "bucket_prefix": f"lakehouse-{name}", "kafka_topic": topic})
-    ensure_buckets(settings)
-    ensure_namespaces(open_catalog(settings), settings)
-    return settings
-
-
 @pytest.fixture
 def lakes(stack_settings, tmp_path):
     import ray
 
     ray.shutdown()  # this process must not be a driver of a head that is about to stop
     topic = f"it-ray-{uuid.uuid4().hex[:8]}"
-    faulty = _private(stack_settings, tmp_path, "rayfault", topic)
-    clean = _private(stack_settings, tmp_path, "rayclean", topic)
-    ensure_topic(faulty, topic, partitions=3)
+    faulty = s3_lake(stack_settings, tmp_path, "rayfault", topic)
+    clean = s3_lake(stack_settings, tmp_path, "rayclean")
+    clean = clean.model_copy(update={"kafka_topic": topic})
     yield faulty, clean, Stack(stack_settings)
     Stack(stack_settings).up()
 

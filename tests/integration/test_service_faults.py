@@ -17,10 +17,10 @@ from datetime import datetime, timezone
 import pytest
 
 from infra.stack import Stack
-from tasks.catalog import ensure_buckets, ensure_namespaces, open_catalog
-from tasks.kafka import ensure_topic
+from tasks.catalog import ensure_namespaces, open_catalog
 from tasks.simulator import TrafficProfile, produce
 from tasks.tables import SILVER_CONVERSION_EVENTS_REJECTED, SILVER_DIM_USERS, SILVER_FACT_CONVERSIONS
+from tests.integration.private_lakehouse import s3_lake
 from tests.integration.test_ingest_exactly_once import assert_exactly_once
 
 pytestmark = pytest.mark.stack
@@ -30,15 +30,7 @@ RECENT = datetime.now(timezone.utc)
 @pytest.fixture
 def lake(stack_settings, tmp_path):
     """A private lakehouse on the stack's services: its own SQLite catalog, buckets and topic."""
-    topic = f"it-svc-{uuid.uuid4().hex[:8]}"
-    settings = stack_settings.model_copy(update={
-        "catalog_type": "sql", "catalog_uri": f"sqlite:///{tmp_path / 'catalog.db'}",
-        "bucket_prefix": "lakehouse-faults", "kafka_topic": topic,
-    })
-    ensure_buckets(settings)
-    ensure_namespaces(open_catalog(settings), settings)
-    ensure_topic(settings, topic, partitions=3)
-    yield settings
+    yield s3_lake(stack_settings, tmp_path, "faults", f"it-svc-{uuid.uuid4().hex[:8]}")
     Stack(stack_settings).up()  # whatever a test stopped is back for the next one
 
 
@@ -117,10 +109,7 @@ def test_storage_or_prefect_gone_during_a_silver_promotion(lake, stack_settings,
     from flows.ingest import ingest_flow
     import flows.silver as silver
 
-    clean = lake.model_copy(update={"catalog_uri": f"sqlite:///{tmp_path / 'clean.db'}",
-                                    "bucket_prefix": "lakehouse-faults-clean"})
-    ensure_buckets(clean)
-    ensure_namespaces(open_catalog(clean), clean)
+    clean = s3_lake(stack_settings, tmp_path, "faults-clean", lake.kafka_topic)
     sent = produce(lake, TrafficProfile(events=3000, seed=41, duplicate_rate=0.05, malformed_rate=0.02,
                                         late_rate=0.02, end=RECENT))
     for settings in (lake, clean):

@@ -11,23 +11,23 @@ import pytest
 
 from infra.stack import Stack
 from tasks.catalog import open_catalog
-from tasks.kafka import ensure_topic
 from tasks.simulator import TrafficProfile, produce
 from tasks.tables import BRONZE_CONVERSION_EVENTS_RAW
+
+from tests.integration.private_lakehouse import s3_lake
 
 pytestmark = pytest.mark.stack
 # Recent Kafka timestamps: the broker deletes records older than its retention (7 days).
 RECENT = datetime.now(timezone.utc)
 
 
-def test_ingest_retries_through_a_broker_restart_without_loss_or_duplicates(stack_settings):
+def test_ingest_retries_through_a_broker_restart_without_loss_or_duplicates(stack_settings, tmp_path):
     from prefect.client.orchestration import get_client
 
     from flows.ingest import ingest_flow
 
     topic = f"retry-{uuid.uuid4().hex[:8]}"
-    settings = stack_settings.model_copy(update={"kafka_topic": topic})
-    ensure_topic(settings, topic, partitions=3)
+    settings = s3_lake(stack_settings, tmp_path, "retries", topic)
     sent = produce(settings, TrafficProfile(events=2000, seed=5, end=RECENT))
     stack = Stack(stack_settings)
     stack.down(["kafka"])

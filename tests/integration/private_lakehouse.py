@@ -45,6 +45,15 @@ def s3_lake(stack_settings, tmp_path, name: str, topic: str | None = None):
     return settings
 
 
+def lake_environment(settings) -> dict[str, str]:
+    """The environment of a `lakehouse` subprocess working on an ``s3_lake``."""
+    from tests.conftest import stack_environment
+
+    return {**stack_environment(), "LAKEHOUSE_CATALOG_TYPE": settings.catalog_type,
+            "LAKEHOUSE_CATALOG_URI": settings.catalog_uri, "LAKEHOUSE_BUCKET_PREFIX": settings.bucket_prefix,
+            "LAKEHOUSE_KAFKA_TOPIC": settings.kafka_topic}
+
+
 def make_event(n: int, *, occurred: datetime = NOW - timedelta(minutes=5), user: str | None = "u-1",
                plan: str = "free", version: int = 1, **extra) -> bytes:
     body = {

@@ -12,10 +12,10 @@ import pytest
 from confluent_kafka import Producer
 
 from tasks.catalog import open_catalog
-from tasks.kafka import ensure_topic
 from tasks.simulator import TrafficProfile, produce
 from tasks.tables import BRONZE_CONVERSION_EVENTS_RAW
-from tests.conftest import ROOT, stack_environment
+from tests.conftest import ROOT
+from tests.integration.private_lakehouse import lake_environment, s3_lake
 
 pytestmark = pytest.mark.stack
 # Recent Kafka timestamps: the broker deletes records older than its retention (7 days).
@@ -23,12 +23,10 @@ RECENT = datetime.now(timezone.utc)
 
 
 @pytest.fixture
-def topic_settings(stack_settings):
-    """Settings pointing at a fresh topic of 3 partitions, so each test sees only its records."""
-    topic = f"it-ingest-{uuid.uuid4().hex[:8]}"
-    settings = stack_settings.model_copy(update={"kafka_topic": topic})
-    ensure_topic(settings, topic, partitions=3)
-    return settings
+def topic_settings(stack_settings, tmp_path):
+    """A lakehouse of its own on the stack's services (SQLite catalog, its own buckets) reading a
+    fresh topic of 3 partitions, so each test sees only its records."""
+    return s3_lake(stack_settings, tmp_path, "ingest", f"it-ingest-{uuid.uuid4().hex[:8]}")
 
 
 def bronze_rows(settings):
@@ -46,7 +44,7 @@ def assert_exactly_once(settings, produced: int):
 
 
 def run_ingest(settings, *args: str) -> subprocess.CompletedProcess:
-    env = {**stack_environment(), "LAKEHOUSE_KAFKA_TOPIC": settings.kafka_topic}
+    env = lake_environment(settings)
     return subprocess.run([sys.executable, "-m", "flows.cli", "run", "ingest", *args],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
@@ -65,7 +63,7 @@ def test_sigkill_at_each_point_then_rerun_holds_every_record_once(topic_settings
 
 def test_two_concurrent_runs_neither_duplicate_nor_lose(topic_settings):
     report = produce(topic_settings, TrafficProfile(events=4000, seed=11, end=RECENT))
-    env = {**stack_environment(), "LAKEHOUSE_KAFKA_TOPIC": topic_settings.kafka_topic}
+    env = lake_environment(topic_settings)
     command = [sys.executable, "-m", "flows.cli", "run", "ingest", "--max-records", "1500"]
     runners = [subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
@@ -232,7 +230,7 @@ def test_records_deleted_before_ingest_stop_it_loudly_until_an_audited_reset(top
     assert by_cli.returncode == 4 and "records 30..39 (10)" in by_cli.stderr, by_cli.stderr[-2000:]
     assert bronze_rows(topic_settings).num_rows == 30, "nothing may be committed while offsets are out of range"
 
-    env = {**stack_environment(), "LAKEHOUSE_KAFKA_TOPIC": topic_settings.kafka_topic}
+    env = lake_environment(topic_settings)
     done = subprocess.run([sys.executable, "-m", "flows.cli", "ingest", "reset", "--partition", "0", "--to", "earliest",
                            "--reason", "retention ran before ingest (test)"],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -20,8 +20,8 @@ import pytest
 
 from infra.stack import Stack
 from tasks.simulator import TrafficProfile, produce
-from tests.conftest import ROOT, stack_environment
-from tests.integration.private_lakehouse import s3_lake
+from tests.conftest import ROOT
+from tests.integration.private_lakehouse import lake_environment, s3_lake
 from tests.integration.test_ingest_exactly_once import assert_exactly_once
 from tests.integration.test_service_faults import _silver_state, _verified
 
@@ -29,20 +29,15 @@ pytestmark = pytest.mark.stack
 RECENT = datetime.now(timezone.utc)
 
 
-def _env(settings) -> dict[str, str]:
-    return {**stack_environment(), "LAKEHOUSE_CATALOG_TYPE": "sql", "LAKEHOUSE_CATALOG_URI": settings.catalog_uri,
-            "LAKEHOUSE_BUCKET_PREFIX": settings.bucket_prefix, "LAKEHOUSE_KAFKA_TOPIC": settings.kafka_topic}
-
-
 def _lakehouse(settings, *args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "flows.cli", *args], env=_env(settings), cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "flows.cli", *args], env=lake_environment(settings), cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
 
 def _with_fault(settings, case: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tests.integration.ray_fault_child", case], env=_env(settings),
+    return subprocess.run([sys.executable, "-m", "tests.integration.ray_fault_child", case], env=lake_environment(settings),
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 

@@ -427,7 +427,7 @@ def child_promote(ns) -> None:
 
         use_ray(settings)
         # only this private lakehouse's host (named by its catalog), never the stack's own
-        retire_stale(f"{NAME_PREFIX}{code_version()}-{settings.catalog_tag}", keep=None)
+        retire_stale(f"{NAME_PREFIX}{code_version()}-{settings.catalog_tag}", keep=None, wait_seconds=60)
         time.sleep(2.0)  # let Ray reap the killed actors' processes before the clock starts
     import flows.silver as fs
 

@@ -89,6 +89,12 @@ class DaftHost(warm_actors.WarmActor, LocalDaft):
         LocalDaft.drop(self, key)
         self.used()
 
+    def retire(self) -> None:
+        """Another code version took over: a host that keeps a batch serves a run between its
+        steps, so it leaves that to ``retire_if_idle``."""
+        if not self._kept:
+            warm_actors.WarmActor.retire(self)
+
     def retire_if_idle(self) -> None:
         """A host that keeps a batch serves a run between its steps: it stays, unless the batch
         is an hour old (its run died without dropping it)."""

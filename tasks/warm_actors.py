@@ -50,6 +50,13 @@ class WarmActor:
         if time.monotonic() - self._last_used >= self._idle_seconds:
             ray.actor.exit_actor()  # an intended exit: Ray frees the name for the next run's actor
 
+    def retire(self) -> None:
+        """Exit now: another code version took over. Queued behind the actor's calls, so it
+        never cuts one short; a run that comes back to this name gets a new actor."""
+        import ray
+
+        ray.actor.exit_actor()
+
     def _watch_idle(self) -> None:
         import ray
 
@@ -81,15 +88,23 @@ def warm_actor(actor_class, name: str, idle_seconds: float, concurrency: int = 1
                          **options).remote(idle_seconds)
 
 
-def retire_stale(prefix: str, keep: str | None) -> None:
-    """Kill the actors named ``prefix``… but not ``keep``… (``keep`` = prefix + code version;
-    None: all of them)."""
+def retire_stale(prefix: str, keep: str | None, wait_seconds: float = 0.0) -> None:
+    """Ask the actors named ``prefix``… but not ``keep``… (``keep`` = prefix + code version;
+    None: all of them) to retire once their current calls are done, waiting up to ``wait_seconds``
+    for them to be gone. Never ``ray.kill``: another
+    checkout or an older deployment may be in the middle of a run on them (two code versions
+    share a cluster during a rolling upgrade), and killing its actor fails that run."""
     import ray
 
     for entry in ray.util.list_named_actors(all_namespaces=True):
         name, namespace = entry["name"], entry["namespace"]
         if namespace == NAMESPACE and name.startswith(prefix) and not (keep and name.startswith(keep)):
             try:
-                ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+                ray.get_actor(name, namespace=namespace).retire.remote()
             except ValueError:  # gone already
                 pass
+    deadline = time.monotonic() + wait_seconds  # a benchmark that wants them gone waits
+    while time.monotonic() < deadline and any(
+            e["namespace"] == NAMESPACE and e["name"].startswith(prefix) and not (keep and e["name"].startswith(keep))
+            for e in ray.util.list_named_actors(all_namespaces=True)):
+        time.sleep(0.2)

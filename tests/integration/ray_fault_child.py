@@ -48,10 +48,10 @@ def main(case: str) -> int:
         run = lambda: silver.silver_flow(settings=settings)  # noqa: E731
     elif case == "host-during-silver":
         import flows.silver as silver
-        from tasks.daft_host import NAME_PREFIX
+        from tasks.daft_host import NAME_PREFIX, code_version
 
-        def at(stage, crash_at):
-            if stage == "read" and _kill_named(NAME_PREFIX):
+        def at(stage, crash_at):  # this lakehouse's own host
+            if stage == "read" and _kill_named(f"{NAME_PREFIX}{code_version()}-{settings.catalog_tag}"):
                 fired()
 
         silver.crash_if = at
@@ -59,12 +59,13 @@ def main(case: str) -> int:
     elif case == "writer-during-ingest":
         import flows.ingest as ingest
         from tasks.bronze_writers import NAME_PREFIX
+        from tasks.bronze_writers import code_version as writers_version
 
         original = ingest.write_ranges
 
         def write_ranges(*args, **kwargs):
             def kill():
-                if _kill_named(NAME_PREFIX):
+                if _kill_named(f"{NAME_PREFIX}{writers_version()}-"):
                     fired()
             threading.Timer(0.3, kill).start()
             return original(*args, **kwargs)

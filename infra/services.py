@@ -428,32 +428,7 @@ class IcebergRest(Service):
         (self.launcher_dir / ".fingerprint").write_text(_fingerprint(LOOPBACK_LAUNCHER))
 
     def launch(self) -> tuple[list[str], dict[str, str]]:
-        s = self.settings
-        host, port = _host_port(s.catalog_uri or "")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        secret = s.s3_secret_access_key.get_secret_value() if s.s3_secret_access_key else ""
-        env = {
-            **self.base_env(),
-            "CATALOG_REST_HOST": host,
-            "CATALOG_REST_PORT": str(port),
-            # One SQLite connection with a busy timeout: parallel commits queue instead of failing.
-            "CATALOG_URI": f"jdbc:sqlite:file:{self.data_dir / 'catalog.db'}?busy_timeout=10000",
-            "CATALOG_CLIENTS": "1",
-            "CATALOG_JDBC_USER": "lakehouse",
-            "CATALOG_JDBC_PASSWORD": "lakehouse",
-            "CATALOG_WAREHOUSE": f"s3://{s.bucket('bronze')}/warehouse",
-            "CATALOG_IO__IMPL": "org.apache.iceberg.aws.s3.S3FileIO",
-            "CATALOG_S3_ENDPOINT": s.s3_endpoint or "",
-            "CATALOG_S3_PATH__STYLE__ACCESS": str(s.s3_path_style).lower(),
-            "CATALOG_CLIENT_REGION": s.s3_region,
-            # Keys only as AWS_* variables: the server logs every CATALOG_* property at start.
-            "AWS_REGION": s.s3_region,
-            "AWS_ACCESS_KEY_ID": s.s3_access_key_id or "",
-            "AWS_SECRET_ACCESS_KEY": secret,
-        }
-        command = [_java(), "-Xms64m", "-Xmx384m", *JAVA_OPTS,
-                   "-cp", f"{self.launcher_dir}:{self.lib}/*", "LoopbackRESTCatalogServer"]
-        return command, env
+        return iceberg_rest_launch(self.settings, self.data_dir, self.lib, self.launcher_dir, base_env=self.base_env())
 
     def check_health(self) -> str | None:
         try:
@@ -472,6 +447,47 @@ class IcebergRest(Service):
         from tasks.catalog import ensure_namespaces, open_catalog
 
         return [f"namespace {n}" for n in ensure_namespaces(open_catalog(self.settings), self.settings)]
+
+
+def iceberg_rest_launch(settings: Settings, data_dir: Path, lib: Path, launcher_dir: Path, max_heap_mb: int = 384,
+                        base_env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """Command and environment of one Iceberg REST catalog server (``IcebergRest.launch`` is this
+    for the stack's instance; a test starts a private one on another port and folder with it).
+
+    It listens on ``settings.catalog_uri``'s host and port, keeps its JDBC catalog in the SQLite
+    file ``data_dir/catalog.db`` (created here if missing), writes through S3FileIO to
+    ``settings.s3_endpoint`` with its warehouse in ``settings.bucket('bronze')``, and runs the
+    jars in ``lib`` and the compiled launcher in ``launcher_dir`` (``IcebergRest.build``) with a
+    heap of at most ``max_heap_mb`` MB. ``base_env``: the environment to extend (default: this
+    process's, without LAKEHOUSE_* variables, as ``Service.base_env``)."""
+    s = settings
+    if base_env is None:
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_")}
+    host, port = _host_port(s.catalog_uri or "")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = s.s3_secret_access_key.get_secret_value() if s.s3_secret_access_key else ""
+    env = {
+        **base_env,
+        "CATALOG_REST_HOST": host,
+        "CATALOG_REST_PORT": str(port),
+        # One SQLite connection with a busy timeout: parallel commits queue instead of failing.
+        "CATALOG_URI": f"jdbc:sqlite:file:{data_dir / 'catalog.db'}?busy_timeout=10000",
+        "CATALOG_CLIENTS": "1",
+        "CATALOG_JDBC_USER": "lakehouse",
+        "CATALOG_JDBC_PASSWORD": "lakehouse",
+        "CATALOG_WAREHOUSE": f"s3://{s.bucket('bronze')}/warehouse",
+        "CATALOG_IO__IMPL": "org.apache.iceberg.aws.s3.S3FileIO",
+        "CATALOG_S3_ENDPOINT": s.s3_endpoint or "",
+        "CATALOG_S3_PATH__STYLE__ACCESS": str(s.s3_path_style).lower(),
+        "CATALOG_CLIENT_REGION": s.s3_region,
+        # Keys only as AWS_* variables: the server logs every CATALOG_* property at start.
+        "AWS_REGION": s.s3_region,
+        "AWS_ACCESS_KEY_ID": s.s3_access_key_id or "",
+        "AWS_SECRET_ACCESS_KEY": secret,
+    }
+    command = [_java(), "-Xms64m", f"-Xmx{max_heap_mb}m", *JAVA_OPTS,
+               "-cp", f"{launcher_dir}:{lib}/*", "LoopbackRESTCatalogServer"]
+    return command, env
 
 
 # ---------------------------------------------------------------------------------------------

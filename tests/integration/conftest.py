@@ -83,6 +83,22 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait(timeout=15)
 
 
+_CATALOGS: dict[str, tuple[subprocess.Popen, Path]] = {}  # catalog URI -> its process and folder
+
+
+def stop_private_catalog(settings: Settings) -> None:
+    """Stop a ``private_stack_lakehouse``'s REST catalog, as a fault test does to the stack's."""
+    process, _ = _CATALOGS[settings.catalog_uri]
+    _stop(process)
+
+
+def start_private_catalog(settings: Settings) -> None:
+    """Start it again on the same port and SQLite file (a no-op while it runs)."""
+    process, folder = _CATALOGS[settings.catalog_uri]
+    if process.poll() is not None:
+        _CATALOGS[settings.catalog_uri] = (_start_rest_catalog(settings, folder), folder)
+
+
 def _delete_buckets(settings: Settings) -> None:
     from tasks.catalog import s3_client
     from tasks.settings import LAYERS
@@ -139,13 +155,14 @@ def private_stack_lakehouse(stack_settings: Settings, folder: Path) -> Iterator[
     try:
         ensure_buckets(settings)
         process = _start_rest_catalog(settings, folder / "iceberg-rest")
+        _CATALOGS[settings.catalog_uri] = (process, folder / "iceberg-rest")
         ensure_namespaces(open_catalog(settings), settings)
         ensure_topic(settings, settings.kafka_topic, partitions=3)
         yield settings
     finally:
         try:
             if process is not None:
-                _stop(process)
+                _stop(_CATALOGS.pop(settings.catalog_uri, (process, None))[0])
             _delete_buckets(settings)
         finally:
             _delete_topic(settings)

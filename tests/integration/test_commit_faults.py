@@ -12,14 +12,12 @@ from __future__ import annotations
 import http.client
 import re
 import threading
-import uuid
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
 
-from tasks.kafka import ensure_topic
 from tasks.simulator import TrafficProfile, produce
 from tests.integration.test_ingest_exactly_once import assert_exactly_once
 
@@ -84,12 +82,11 @@ class CatalogProxy:
 
 
 @pytest.fixture
-def proxied(stack_settings):
-    topic = f"it-fault-{uuid.uuid4().hex[:8]}"
-    settings = stack_settings.model_copy(update={"kafka_topic": topic})
-    ensure_topic(settings, topic, partitions=3)
-    proxy = CatalogProxy(stack_settings.catalog_uri)
-    yield settings, settings.model_copy(update={"catalog_uri": proxy.uri}), proxy
+def proxied(private_stack):
+    """A lakehouse of its own with its own REST catalog (``private_stack``), reached directly and
+    through the proxy."""
+    proxy = CatalogProxy(private_stack.catalog_uri)
+    yield private_stack, private_stack.model_copy(update={"catalog_uri": proxy.uri}), proxy
     proxy.close()
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from tasks.simulator import TrafficProfile, produce
 from tests.integration.test_ingest_exactly_once import assert_exactly_once
+from tests.integration.test_service_faults import _verified
 
 pytestmark = pytest.mark.stack
 RECENT = datetime.now(timezone.utc)
@@ -106,3 +107,4 @@ def test_ingest_commit_whose_response_is_lost_or_refused_lands_once(proxied, fau
     else:
         assert report["total_records"] == sent.events
     assert_exactly_once(direct, sent.events)
+    _verified(direct)

@@ -91,3 +91,7 @@ def test_gold_between_silver_commits_then_the_chain_equals_a_clean_run(private, 
     assert _plan_metrics(clean) == _plan_metrics_truth()
     assert _plan_metrics(private) == _plan_metrics_truth()
     assert snapshot_of_gold(private) == snapshot_of_gold(clean)
+    from tasks.verify import verify
+
+    reconciled = verify(open_catalog(private), private)
+    assert reconciled.ok, reconciled.first_failure

@@ -195,6 +195,12 @@ def test_transactional_producer_racing_ingest_runs_lands_exactly_the_committed_r
     missing = committed - set(values)
     assert not missing, f"{len(missing)} of {len(committed)} committed records never reached bronze"
     assert len(values) == len(committed)
+    from tasks.verify import KafkaGapProbe, verify
+
+    # markers and aborted transactions leave gaps: the broker confirms each holds no committed record
+    reconciled = verify(open_catalog(topic_settings), topic_settings, layers=("bronze",), strict=True,
+                        kafka=KafkaGapProbe.from_settings(topic_settings))
+    assert reconciled.ok, reconciled.first_failure
 
 
 def test_records_deleted_before_ingest_stop_it_loudly_until_an_audited_reset(topic_settings):

@@ -55,9 +55,21 @@ from tasks.tables import (
     TableSpec,
     ensure_table,
 )
-from tasks.orchestration import TRANSIENT_RETRY, emit_table_committed, publish_counts, replan_on_conflict, table_lock
+from tasks.orchestration import (
+    TRANSIENT_RETRY,
+    crash_if,
+    emit_table_committed,
+    publish_counts,
+    replan_on_conflict,
+    table_lock,
+)
 from tasks.transforms import gold
 
+# Test affordance (SIGKILL this process, see tasks.orchestration.crash_if): "planned" (a plan with
+# work, nothing committed); "conversion-metrics-committed" (gold.daily_conversion_metrics committed
+# while the other daily tables' commits are in flight); "daily-committed" (the four daily tables
+# committed, the user summary not); "summary-committed" (the summary committed, dim_date maybe not).
+CRASH_POINTS = ("planned", "conversion-metrics-committed", "daily-committed", "summary-committed")
 UPSTREAM = SILVER_FACT_CONVERSIONS.identifier
 EPOCH = date(1970, 1, 1)
 FACT_COLUMNS = ["event_date", "occurred_at", "user_id", "user_plan", "success", "direction",
@@ -160,7 +172,7 @@ def _built(spec: TableSpec, plan: GoldPlan) -> bool:
 
 
 def _replace(settings: Settings, spec: TableSpec, plan: GoldPlan, rows: pa.Table | None, delete_filter,
-             report: dict, catalog=None) -> int:
+             report: dict, catalog=None, crash_at: str | None = None) -> int:
     """Replace the keys of one gold table with ``rows`` in one atomic commit (gold_flow holds the
     lock). No rows: delete the keys and commit the bookkeeping."""
     expected = plan.watermarks[spec.identifier]
@@ -172,12 +184,15 @@ def _replace(settings: Settings, spec: TableSpec, plan: GoldPlan, rows: pa.Table
     snapshot = commit_rows(table, conform(rows, table), summary,
                            still_current=lambda t: upstream_snapshot(t, UPSTREAM) == expected,
                            delete_filter=delete_filter)
+    if spec is GOLD_DAILY_CONVERSION_METRICS:
+        crash_if("conversion-metrics-committed", crash_at)
     emit_table_committed(settings, spec.identifier, "gold", snapshot, plan.run_id, rows_written=rows.num_rows,
                          upstream_snapshot_id=plan.upto)
     return snapshot
 
 
-def _replace_all(settings: Settings, plan: GoldPlan, changes: list[tuple], catalog=None) -> dict[str, int]:
+def _replace_all(settings: Settings, plan: GoldPlan, changes: list[tuple], catalog=None,
+                 crash_at: str | None = None) -> dict[str, int]:
     """Each (spec, rows, delete_filter, report) replaced in its own commit, side by side in threads
     (a commit mostly waits on files and the catalog). Tables already built this far are skipped.
     Returns the snapshot ids."""
@@ -186,13 +201,13 @@ def _replace_all(settings: Settings, plan: GoldPlan, changes: list[tuple], catal
         return {}
     with ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="gold-commit") as pool:
         commits = {spec.identifier: pool.submit(copy_context().run, _replace, settings, spec, plan, rows, where,
-                                                report, catalog)
+                                                report, catalog, crash_at)
                    for spec, rows, where, report in todo}
     return {name: commit.result() for name, commit in commits.items()}
 
 
 @task(cache_policy=NO_CACHE)
-def build_daily_tables(settings: Settings, plan: GoldPlan) -> dict[str, int]:
+def build_daily_tables(settings: Settings, plan: GoldPlan, crash_at: str | None = None) -> dict[str, int]:
     """Daily conversion, daily plan, hourly usage and per-user daily activity for the touched days;
     returns snapshot ids."""
     catalog = open_catalog(settings)
@@ -220,7 +235,7 @@ def build_daily_tables(settings: Settings, plan: GoldPlan) -> dict[str, int]:
     for spec, build in tables:  # gold rows are aggregates: all of them fit in memory at once
         frame = build(facts) if facts is not None and not _built(spec, plan) else None
         changes.append((spec, frame.to_arrow() if frame is not None else None, where, report))
-    return _replace_all(settings, plan, changes, catalog)
+    return _replace_all(settings, plan, changes, catalog, crash_at)
 
 
 @task(cache_policy=NO_CACHE)
@@ -290,18 +305,22 @@ def _publish_latest_day(settings: Settings) -> None:
 
 
 @flow(name="build-gold", log_prints=False)
-def gold_flow(full: bool = False, silver_snapshot_id: Optional[int] = None, settings: Optional[Settings] = None) -> dict:
+def gold_flow(full: bool = False, silver_snapshot_id: Optional[int] = None, settings: Optional[Settings] = None,
+              crash_at: Optional[str] = None) -> dict:
     """Rebuild gold for what changed in silver (or everything with ``full``); nothing new, no commit.
 
-    ``silver_snapshot_id`` is the silver commit that triggered the run (from the event)."""
+    ``silver_snapshot_id`` is the silver commit that triggered the run (from the event).
+    ``crash_at`` (tests only) SIGKILLs the process at one of ``CRASH_POINTS``."""
     logger = get_run_logger()
     if silver_snapshot_id is not None:
         logger.info("triggered by silver snapshot %s", silver_snapshot_id)
     settings = settings or load_settings()
-    return replan_on_conflict(lambda: _build(settings, full, logger), "gold", logger)
+    if crash_at is not None and crash_at not in CRASH_POINTS:
+        raise ValueError(f"crash_at must be one of {CRASH_POINTS}, got {crash_at!r}")
+    return replan_on_conflict(lambda: _build(settings, full, logger, crash_at), "gold", logger)
 
 
-def _build(settings: Settings, full: bool, logger) -> dict:
+def _build(settings: Settings, full: bool, logger, crash_at: str | None = None) -> dict:
     began = time.monotonic()
     # Every gold table's lock, in one request, from planning to the last commit: gold builds run one
     # at a time, and a second one waits, then plans from the first one's watermarks.
@@ -311,11 +330,14 @@ def _build(settings: Settings, full: bool, logger) -> dict:
         if plan.upto is None:
             logger.info("gold is up to date with silver; nothing committed")
             return report.as_dict()
+        crash_if("planned", crash_at)
         use_ray(settings)  # before any Daft work: the runner can be chosen only once per process
         report.silver_to, report.days, report.users = plan.upto, len(plan.days), len(plan.users)
         calendar = build_dim_date.submit(settings, plan)  # tiny and independent: beside the daily tables
-        report.committed.update(build_daily_tables(settings, plan))
+        report.committed.update(build_daily_tables(settings, plan, crash_at))
+        crash_if("daily-committed", crash_at)
         report.committed.update(build_user_summary(settings, plan))  # reads what the daily tables committed
+        crash_if("summary-committed", crash_at)
         report.committed.update(calendar.result())
     publish_counts("build-gold", {"days rebuilt": report.days, "users rebuilt": report.users,
                                   "tables committed": len(report.committed), "full": full,

@@ -16,16 +16,33 @@ from pyiceberg.exceptions import NoSuchTableError
 
 from tasks.catalog import open_catalog
 from tasks.maintenance import downstream_watermarks, maintain_table
-from tasks.orchestration import TRANSIENT_RETRY, publish_counts, table_lock
+from tasks.orchestration import TRANSIENT_RETRY, crash_if, publish_counts, table_lock
 from tasks.settings import Settings, load_settings
 from tasks.tables import ALL_TABLES, TableSpec
 
 
+# Test affordance (SIGKILL this process, see tasks.orchestration.crash_if), as POINT or
+# POINT@TABLE (only while maintaining that table; else the first table that reaches the point):
+# compaction's new files written and validated, not committed; just before its catalog commit; one
+# partition's replace committed (the files it replaced stay until expiry); expiry committed in the
+# metadata, no file deleted; about half of the files expiry deletes deleted.
+CRASH_POINTS = ("compaction-files-written", "compaction-commit-staged", "compaction-committed",
+                "expiry-committed", "expiry-half-deleted")
+
+
+def _crash_hook(crash_at: str | None, identifier: str):
+    point, _, only = (crash_at or "").partition("@")
+    if not point or (only and only != identifier):
+        return lambda stage, detail: None
+    return lambda stage, detail: crash_if(stage, point)
+
+
 @task(**TRANSIENT_RETRY)  # a rerun re-plans: compaction and expiry are idempotent
-def maintain(settings: Settings, spec: TableSpec, dry_run: bool, watermarks: list[int]) -> dict:
+def maintain(settings: Settings, spec: TableSpec, dry_run: bool, watermarks: list[int],
+             crash_at: str | None = None) -> dict:
     table = open_catalog(settings).load_table(spec.identifier)
     return maintain_table(table, settings, spec.layer, dry_run=dry_run, lock=partial(table_lock, settings),
-                          watermarks=watermarks)
+                          watermarks=watermarks, on_stage=_crash_hook(crash_at, spec.identifier))
 
 
 def totals(report: dict[str, dict]) -> dict[str, int]:
@@ -52,8 +69,15 @@ def totals(report: dict[str, dict]) -> dict[str, int]:
 
 
 @flow(name="maintain-tables", log_prints=False)
-def maintenance_flow(dry_run: bool = False, settings: Optional[Settings] = None) -> dict:
-    """Maintain every table that exists; returns {"dry_run", "totals", "tables": {identifier: report}}."""
+def maintenance_flow(dry_run: bool = False, settings: Optional[Settings] = None,
+                     crash_at: Optional[str] = None) -> dict:
+    """Maintain every table that exists; returns {"dry_run", "totals", "tables": {identifier: report}}.
+
+    ``crash_at`` (tests only) SIGKILLs the process at one of ``CRASH_POINTS`` (``POINT@TABLE``: only
+    while maintaining that table)."""
+    if crash_at is not None and (crash_at.partition("@")[0] not in CRASH_POINTS or crash_at.partition("@")[2]
+                                 not in ("", *(spec.identifier for spec in ALL_TABLES))):
+        raise ValueError(f"crash_at must be one of {CRASH_POINTS}, optionally @<table>, got {crash_at!r}")
     settings = settings or load_settings()
     logger = get_run_logger()
     catalog = open_catalog(settings)
@@ -66,7 +90,7 @@ def maintenance_flow(dry_run: bool = False, settings: Optional[Settings] = None)
     # Snapshots a downstream table has not promoted yet must survive expiry.
     watermarks = downstream_watermarks(tables.values())
     report = {
-        spec.identifier: maintain(settings, spec, dry_run, sorted(watermarks.get(spec.identifier, ())))
+        spec.identifier: maintain(settings, spec, dry_run, sorted(watermarks.get(spec.identifier, ())), crash_at)
         for spec in ALL_TABLES if spec.identifier in tables
     }
     counts = totals(report)

@@ -13,6 +13,8 @@ files of a batch that never commits are orphans, which maintenance removes.
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
     from pyiceberg.table.metadata import TableMetadata
 
 NAME_PREFIX = "bronze-writer-"
+# errno values of a store that is full (disk, quota, file size limit): not transient, and the
+# operator needs to know where
+_STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 @dataclass(frozen=True)
@@ -74,8 +79,16 @@ def write_partition_range(
         _check_pyarrow_schema_compatible(
             table_metadata.schema(), provided_schema=chunk.schema, format_version=table_metadata.format_version
         )
-        # a write uuid per chunk: file names stay unique across chunks and actors
-        out = list(_dataframe_to_data_files(table_metadata, chunk, io, write_uuid=uuid.uuid4()))
+        try:
+            # a write uuid per chunk: file names stay unique across chunks and actors
+            out = list(_dataframe_to_data_files(table_metadata, chunk, io, write_uuid=uuid.uuid4()))
+        except OSError as exc:
+            if exc.errno not in _STORAGE_FULL:
+                raise
+            # Arrow's message names no file ("Error writing bytes to file"): say where, for the operator
+            where = f"{table_metadata.location.rstrip('/')}/data"
+            raise OSError(exc.errno, f"{os.strerror(exc.errno)} (writing bronze data files of {wanted.topic} "
+                                     f"partition {wanted.partition})", where) from exc
         write_seconds += time.perf_counter() - began
         return out
 

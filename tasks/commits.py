@@ -7,9 +7,12 @@ table's latest is refused, so two concurrent runs can never both land the same r
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import warnings
-from typing import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException
@@ -126,11 +129,12 @@ def commit_rows(
     other run's commit and duplicate them. An empty ``rows`` still commits, to move the bookkeeping.
     """
     transaction = _checked_transaction(table, still_current)
-    if delete_filter is not None:
-        transaction.delete(delete_filter, snapshot_properties=dict(summary))
-    transaction.append(rows, snapshot_properties=dict(summary))
-    on_stage("files-written")
-    return _commit(transaction, table.name(), on_stage)
+    with _naming_full_store(table):
+        if delete_filter is not None:
+            transaction.delete(delete_filter, snapshot_properties=dict(summary))
+        transaction.append(rows, snapshot_properties=dict(summary))
+        on_stage("files-written")
+        return _commit(transaction, table.name(), on_stage)
 
 
 def commit_files(
@@ -142,11 +146,30 @@ def commit_files(
 ) -> int:
     """Like ``commit_rows`` for data files already written (by the ingest writers): one fast append."""
     transaction = _checked_transaction(table, still_current)
-    with transaction.update_snapshot(snapshot_properties=dict(summary)).fast_append() as append:
-        for data_file in data_files:
-            append.append_data_file(data_file)
-    on_stage("files-written")
-    return _commit(transaction, table.name(), on_stage)
+    with _naming_full_store(table):
+        with transaction.update_snapshot(snapshot_properties=dict(summary)).fast_append() as append:
+            for data_file in data_files:
+                append.append_data_file(data_file)
+        on_stage("files-written")
+        return _commit(transaction, table.name(), on_stage)
+
+
+# errno values of a store that is full (disk, quota, file size limit)
+_STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+@contextmanager
+def _naming_full_store(table: Table) -> Iterator[None]:
+    """A full store while writing a commit's data, manifest or metadata files: Arrow's error
+    names no file ("Error writing bytes to file"), so say which table and where. The errno stays:
+    such an error is permanent (tasks.orchestration.is_transient), and nothing was committed."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _STORAGE_FULL or exc.filename:
+            raise
+        raise OSError(exc.errno, f"{os.strerror(exc.errno)} (writing the files of a commit to {'.'.join(table.name())}; "
+                                 "nothing was committed)", table.location()) from exc
 
 
 def _checked_transaction(table: Table, still_current: Callable[[Table], bool]) -> Transaction:

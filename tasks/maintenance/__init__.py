@@ -10,7 +10,7 @@ Each module pairs a pure planner (unit-tested on plain values) with the I/O that
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 from pyiceberg.table import Table
 
@@ -34,10 +34,17 @@ def maintain_table(
     now_ms: int | None = None,
     lock: Lock = no_lock,
     watermarks: Iterable[int] = (),
+    on_stage: Callable[[str, object], None] = lambda stage, detail: None,
 ) -> dict:
-    """Compaction, then expiry, then orphan removal on one table; one report per step."""
-    compaction = compact_table(table, settings, dry_run=dry_run, now_ms=now_ms, lock=lock)
+    """Compaction, then expiry, then orphan removal on one table; one report per step.
+
+    ``on_stage`` (a test hook) hears every stage of compaction and expiry, prefixed by the step:
+    "compaction-files-written", "compaction-commit-staged", "compaction-committed",
+    "expiry-committed", "expiry-half-deleted"."""
+    compaction = compact_table(table, settings, dry_run=dry_run, now_ms=now_ms, lock=lock,
+                               on_stage=lambda stage, detail: on_stage(f"compaction-{stage}", detail))
     expiry = expire_table(table, settings, layer=layer, dry_run=dry_run, now_ms=now_ms, lock=lock,
-                          watermarks=watermarks)
+                          watermarks=watermarks,
+                          on_stage=lambda stage, detail: on_stage(f"expiry-{stage}", detail))
     orphans = remove_orphans(table, settings, dry_run=dry_run, now_ms=now_ms)
     return {"compaction": compaction, "expiry": expiry, "orphans": orphans}

@@ -284,6 +284,7 @@ def _commit_partition(table: Table, settings: Settings, rewrite: PartitionRewrit
                 log.info("%s %s: concurrent commit (%s); re-planning", identifier, label, exc)
                 outcome["conflicts"] += 1
                 continue
+        on_stage("committed", rewrite.key)
         snapshot = committed.current_snapshot()
         outcome.update(
             status="committed", snapshot_id=snapshot.snapshot_id if snapshot else None,
@@ -311,7 +312,8 @@ def compact_table(
     ``lock(identifier)`` is held around each commit (the flow passes tasks.orchestration.table_lock
     bound to its settings).
     ``on_stage(stage, (spec_id, partition))`` is called at "files-written" (new files validated,
-    before the commit is built) and "commit-staged" (just before the catalog commit): test hooks.
+    before the commit is built), "commit-staged" (just before the catalog commit) and "committed"
+    (the partition's replace committed, its lock released): test hooks.
     """
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     table = table.refresh()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
@@ -170,10 +170,13 @@ def expire_table(
     now_ms: int | None = None,
     lock: Lock = no_lock,
     watermarks: Iterable[int] = (),
+    on_stage: Callable[[str, object], None] = lambda stage, detail: None,
 ) -> dict:
     """Expire the table's old snapshots and delete what only they reached; a report.
 
     With ``dry_run`` nothing is committed or deleted; the report lists what would go.
+    ``on_stage(stage, detail)`` is a test hook, called at "committed" (the expiry is in the
+    metadata, no file deleted yet) and "half-deleted" (about half of the files to delete are gone).
     """
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     identifier = ".".join(table.name())
@@ -197,6 +200,8 @@ def expire_table(
     else:
         report.update(status="failed: concurrent commits", snapshots_expired=[], files=[], deleted=0)
         return report
+    if committed:
+        on_stage("committed", list(plan.expire))
     report["snapshots_expired"] = list(plan.expire)
     report["snapshots_retained"] = len(plan.retained)
     if not plan.expire:
@@ -211,6 +216,12 @@ def expire_table(
         protected = reachable_files(base, table.io, retained, cache) | metadata_files(base, base_location)
     doomed = unreachable(candidates, protected)
     report["files"] = doomed
-    report["deleted"] = 0 if dry_run else len(delete_files(doomed, settings))
+    if dry_run:
+        report["deleted"] = 0
+    else:
+        half = (len(doomed) + 1) // 2
+        deleted = delete_files(doomed[:half], settings)
+        on_stage("half-deleted", doomed[:half])
+        report["deleted"] = len(deleted) + len(delete_files(doomed[half:], settings))
     report["status"] = "dry run" if dry_run else "expired"
     return report

@@ -51,12 +51,6 @@ MAINTENANCE_ENV = {
 ROUNDS = 3
 
 
-def _timed(what: str, began: list[float]) -> None:
-    now = time.monotonic()
-    print(f"{what}: {now - began[0]:.1f}s")
-    began[0] = now
-
-
 def _batch(k: int) -> list[bytes]:
     """Round k: events today and yesterday (two partitions each time), a re-sent event and a broken record."""
     batch = [make_event(10 * k + i, user=f"u-{i % 3}", plan=("free", "pro")[k % 2],
@@ -174,7 +168,6 @@ def _assert_same_lakehouse(lake: Lake) -> dict:
 def test_sigkill_during_maintenance_then_rerun_keeps_every_row_and_snapshot(lake, point):
     from flows.maintenance import maintenance_flow
 
-    t = [time.monotonic()]
     _restore(lake)
     settings = lake.settings
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_")},
@@ -182,19 +175,15 @@ def test_sigkill_during_maintenance_then_rerun_keeps_every_row_and_snapshot(lake
     crashed = subprocess.run([sys.executable, "-m", "flows.cli", "maintain", "--crash-at", point],
                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert crashed.returncode == -9, crashed.stderr[-3000:]
-    _timed("crash", t)
     _assert_same_lakehouse(lake)  # what the kill left is consistent already
-    _timed("check", t)
 
     report = maintenance_flow(settings=settings)
-    _timed("rerun", t)
     facts = SILVER_FACT_CONVERSIONS.identifier
     after = _assert_same_lakehouse(lake)
-    _timed("check", t)
     # maintenance did its work in the end: fewer files and snapshots
     assert after[facts]["files"] < lake.before[facts]["files"]
     for name in (facts, BRONZE_CONVERSION_EVENTS_RAW.identifier):
-        assert len(after[name]["snapshots"]) < len(lake.before[name]["snapshots"]), name
+        assert set(lake.before[name]["snapshots"]) - set(after[name]["snapshots"]), f"{name}: nothing expired"
     assert report["totals"]["files_compacted"] or point.startswith("expiry-")  # after a committed compaction, maybe none left
 
     # the chain finds nothing to redo: offsets and watermarks survived (silver's plan may span
@@ -219,6 +208,4 @@ def test_sigkill_during_maintenance_then_rerun_keeps_every_row_and_snapshot(lake
     for spec in ALL_TABLES:
         remove_orphans(catalog.load_table(spec.identifier), settings, now_ms=far_future)
     assert not any(_unreferenced(settings).values())
-    _timed("sweep", t)
     _assert_same_lakehouse(lake)
-    _timed("check", t)

@@ -87,17 +87,17 @@ class GoldPlan:
     days: tuple[date, ...] = ()
     users: tuple[str, ...] = ()
     full: bool = False
+    after: int | None = None  # the silver facts snapshot gold had reached (None: first or full build)
 
 
 @dataclass
 class GoldReport:
     run_id: str
-    silver_from: Optional[int] = None
+    silver_from: Optional[int] = None  # the gold watermark it started from (None: first build or full)
     silver_to: Optional[int] = None
     full: bool = False
     days: int = 0
     users: int = 0
-    rows: dict[str, int] = field(default_factory=dict)
     committed: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -133,7 +133,7 @@ def plan_gold(settings: Settings, run_id: str, full: bool) -> GoldPlan:
     # silver facts are partitioned by day(occurred_at): the added files name the touched days
     days = {EPOCH + timedelta(days=p[0]) for p in increment.partitions if p and p[0] is not None}
     users = distinct_added(facts, increment, "user_id")
-    return GoldPlan(run_id, upto, watermarks, users_snapshot, tuple(sorted(days)), tuple(users))
+    return GoldPlan(run_id, upto, watermarks, users_snapshot, tuple(sorted(days)), tuple(users), after=after)
 
 
 def consistent_silver(facts, users) -> tuple[int | None, int | None]:
@@ -332,6 +332,7 @@ def _build(settings: Settings, full: bool, logger, crash_at: str | None = None) 
             return report.as_dict()
         crash_if("planned", crash_at)
         use_ray(settings)  # before any Daft work: the runner can be chosen only once per process
+        report.silver_from = plan.after
         report.silver_to, report.days, report.users = plan.upto, len(plan.days), len(plan.users)
         calendar = build_dim_date.submit(settings, plan)  # tiny and independent: beside the daily tables
         report.committed.update(build_daily_tables(settings, plan, crash_at))

@@ -50,7 +50,19 @@ def pending_range(upstream: Table, watermarks: list[int | None], head: int | Non
     else:
         upto = head
     after = None if None in marks else known[0]
+    if len(marks) == 1 and not _appends_between(upstream, after, upto):
+        return None  # only maintenance (compaction, expiry) since: nothing new to promote
     return after, upto
+
+
+def _appends_between(table: Table, after: int | None, upto: int) -> bool:
+    metadata = table.metadata
+    start = metadata.snapshot_by_id(after) if after is not None else None
+    end = metadata.snapshot_by_id(upto)
+    if end is None or (after is not None and start is None):
+        return True  # let plan_increment name what is missing
+    return any(s.snapshot_id != after and s.summary is not None and s.summary.operation.value == "append"
+               for s in ancestors_between(start, end, metadata))
 
 
 def _sequence(table: Table, snapshot_id: int) -> int:

@@ -229,6 +229,21 @@ def produce(
     )
 
 
+def _fail_if_store_full(exc: BaseException) -> None:
+    """A full disk or quota is the operator's to fix: one line naming where, exit 1, also when
+    a Ray actor (a bronze writer) hit it. Anything else keeps its traceback."""
+    import errno
+
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            plain = OSError(cause.errno, cause.strerror, cause.filename) if cause.strerror else cause
+            fail(f"{plain}; free space and rerun: nothing was committed by the failed step", 1)
+        nested = getattr(cause, "cause", None)  # a Ray actor's error carries the original
+        cause = nested if isinstance(nested, BaseException) and nested is not cause else cause.__cause__
+    raise exc
+
+
 @run_app.command("ingest")
 def run_ingest(
     max_records: Optional[int] = typer.Option(None, min=1, help="records per batch (default LAKEHOUSE_INGEST_MAX_RECORDS)"),
@@ -251,6 +266,8 @@ def run_ingest(
         fail(f"another ingest run committed first; rerun to continue ({exc})", 3)
     except OffsetsOutOfRangeError as exc:
         fail(f"ingest stopped, nothing committed: {exc}", 4)
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is a full store
+        _fail_if_store_full(exc)
     out.print_json(json.dumps(report))
 
 
@@ -286,6 +303,8 @@ def run_silver(crash_at: Optional[str] = typer.Option(None, hidden=True, help="t
         report = silver_flow(settings=s, crash_at=crash_at)
     except StaleCommitError as exc:
         fail(f"another silver run committed first; rerun to continue ({exc})", 3)
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is a full store
+        _fail_if_store_full(exc)
     out.print_json(json.dumps(report))
 
 
@@ -304,6 +323,8 @@ def run_gold(
         report = gold_flow(full=full, settings=s, crash_at=crash_at)
     except StaleCommitError as exc:
         fail(f"another gold build committed first; rerun to continue ({exc})", 3)
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is a full store
+        _fail_if_store_full(exc)
     out.print_json(json.dumps(report))
 
 

@@ -647,7 +647,7 @@ def test_gap_arithmetic_matches_a_brute_force_count():
 
     import numpy as np
 
-    from tasks.verify import _gaps, _subtract
+    from tasks.verify.bronze import _gaps, _subtract
 
     rng = random.Random(7)
     for _ in range(300):

@@ -11,11 +11,10 @@ import numpy as np
 from pyiceberg.table import Table
 
 from tasks.commits import OFFSETS_KEY, REPORT_KEY, decode_offsets, latest_property
+from tasks.offsets import RESET_KEY  # the audited resets `lakehouse ingest reset` records
 from tasks.verify.kafka_gaps import describe_probe
 from tasks.verify.reading import BRONZE, EMPTY, Context, Key, current_id, fmt_key, has_data, lineage, parse_json, plural, summary
 from tasks.verify.report import EXAMPLES, Check
-
-RESET_KEY = "lakehouse.ingest.reset"
 
 
 @dataclass

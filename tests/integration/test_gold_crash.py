@@ -196,3 +196,8 @@ def test_sigkill_during_gold_then_rerun_equals_a_clean_build(lake, point):
     for table in lake.clean:
         assert gold[table] == lake.clean[table], f"{table} differs from the gold of an uninterrupted build"
     assert _gold(settings)["committed"] == {}  # nothing left to do
+    from tasks.catalog import open_catalog
+    from tasks.verify import verify
+
+    reconciled = verify(open_catalog(settings), settings)
+    assert reconciled.ok, reconciled.first_failure

@@ -139,3 +139,28 @@ def test_storage_or_prefect_gone_during_a_silver_promotion(lake, stack_settings,
     assert _silver_state(lake) == _silver_state(clean)
     assert len(_silver_state(lake)["facts"]) <= sent.events
     _verified(lake)
+
+
+def test_prefect_restarted_during_a_gold_build(lake, stack_settings, tmp_path, monkeypatch):
+    """The Prefect server stopped once gold's daily tables committed (its locks, task states and
+    events go through it) and back 3 s later; the rerun finishes the build, equal to a clean one."""
+    from flows.ingest import ingest_flow
+    from flows.silver import silver_flow
+    import flows.gold as gold
+    from tests.integration.test_gold_incremental import snapshot_of_gold
+
+    clean = s3_lake(stack_settings, tmp_path, "faults-clean", lake.kafka_topic)
+    produce(lake, TrafficProfile(events=2000, seed=43, duplicate_rate=0.03, late_rate=0.03, end=RECENT))
+    for settings in (lake, clean):
+        assert ingest_flow(settings=settings, max_batches=50)["lag_left"] == 0
+        silver_flow(settings=settings)
+    fired = _fault_at(monkeypatch, gold, "daily-committed", _down_then_up(Stack(stack_settings), "prefect", 3.0))
+    _run_through(lambda: gold.gold_flow(settings=lake))
+    assert fired == ["daily-committed"]
+    monkeypatch.undo()
+    Stack(stack_settings).up(["prefect"])
+    gold.gold_flow(settings=lake)
+    gold.gold_flow(settings=clean)
+    assert snapshot_of_gold(lake) == snapshot_of_gold(clean)
+    _verified(lake)
+

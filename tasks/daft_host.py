@@ -122,25 +122,43 @@ def own_plan_runner() -> None:
 
 
 class RemoteDaft:
-    """The flow's view of a ``DaftHost``: the same calls, answered by the actor."""
+    """The flow's view of a ``DaftHost``: the same calls, answered by the actor.
 
-    def __init__(self, actor):
-        self._actor = actor
+    A host retires when idle, and a run may reach it just as it does (the retirement was queued
+    before the run's first call): a call that holds no ``Kept`` batch is then sent once more to a
+    new host. Every call computes and returns; none commits, so sending it again is safe. A call
+    on a batch the dead host kept fails: that batch is gone with it."""
+
+    def __init__(self, connect: Callable[[], object]):
+        self._connect = connect
+        self._actor = connect()
 
     def keep(self, key: str, step: Callable, *args) -> Kept:
-        return self._get(self._actor.keep.remote(key, step, *args))
+        return self._run("keep", key, step, *args)
 
     def call(self, step: Callable, *args):
-        return self._get(self._actor.call.remote(step, *args))
+        return self._run("call", step, *args)
 
     def drop(self, key: str) -> None:
-        self._get(self._actor.drop.remote(key))
+        from ray.exceptions import RayActorError
 
-    @staticmethod
-    def _get(ref):
+        try:
+            self._run("drop", key)
+        except RayActorError:
+            pass  # the host is gone, and what it kept went with it
+
+    def _run(self, method: str, *args):
         import ray
+        from ray.exceptions import RayActorError
 
-        return ray.get(ref)
+        try:
+            return ray.get(getattr(self._actor, method).remote(*args))
+        except RayActorError:
+            if method == "drop" or any(isinstance(a, Kept) for a in args):
+                raise
+            time.sleep(1.0)  # let Ray free the retired host's name
+            self._actor = self._connect()
+            return ray.get(getattr(self._actor, method).remote(*args))
 
 
 def code_version() -> str:
@@ -164,4 +182,4 @@ def daft_jobs(settings: Settings, runner: str):
     warm_actors.retire_stale(NAME_PREFIX, keep=f"{NAME_PREFIX}{version}")
     # one host per lakehouse: a long promotion of one catalog never queues another's
     name = f"{NAME_PREFIX}{version}-{settings.catalog_tag}"
-    return RemoteDaft(warm_actors.warm_actor(DaftHost, name, settings.daft_host_idle_seconds))
+    return RemoteDaft(lambda: warm_actors.warm_actor(DaftHost, name, settings.daft_host_idle_seconds))

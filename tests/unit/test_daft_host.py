@@ -58,3 +58,53 @@ def test_the_host_names_its_daft_plan_runner_apart_from_its_creators():
         assert flotilla.get_flotilla_runner_actor_name().startswith("flotilla-plan-runner-daft-host-")
     finally:
         flotilla._FLOTILLA_RUNNER_NAME_SUFFIX = before
+
+
+class _Method:
+    def __init__(self, host, name):
+        self.host, self.name = host, name
+
+    def remote(self, *args):
+        return lambda: self.host.answer(self.name, *args)
+
+
+class _FakeHost:
+    """A host handle whose calls fail as a retired host's do until ``alive``."""
+
+    def __init__(self, alive: bool):
+        self.alive, self.calls = alive, []
+
+    def __getattr__(self, name):
+        return _Method(self, name)
+
+    def answer(self, name, *args):
+        from ray.exceptions import RayActorError
+
+        self.calls.append(name)
+        if not self.alive:
+            raise RayActorError()
+        return f"{name} done"
+
+
+def test_a_host_that_retired_as_the_run_reached_it_is_replaced_once(monkeypatch):
+    import ray
+
+    from tasks.daft_host import Kept, RemoteDaft
+
+    monkeypatch.setattr(ray, "get", lambda ref: ref())
+    monkeypatch.setattr("tasks.daft_host.time.sleep", lambda s: None)
+    hosts = iter([_FakeHost(alive=False), _FakeHost(alive=True)])
+    made = []
+    remote = RemoteDaft(lambda: made.append(next(hosts)) or made[-1])
+    assert remote.keep("run-1", print) == "keep done"  # sent again to a new host
+    assert [h.calls for h in made] == [["keep"], ["keep"]]
+
+    # a call on a batch the dead host kept is not sent again: the batch is gone
+    dead = RemoteDaft(lambda: _FakeHost(alive=False))
+    from ray.exceptions import RayActorError
+
+    import pytest
+
+    with pytest.raises(RayActorError):
+        dead.call(print, Kept("run-1", 3))
+    dead.drop("run-1")  # nothing to drop on a dead host: no error

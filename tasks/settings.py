@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = Field(None, description="S3 access key id")
     s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key (never logged)")
     s3_path_style: bool = Field(True, description="path-style addressing (SeaweedFS, MinIO); false for AWS")
+    catalog_token: SecretStr | None = Field(None, description="bearer token for the REST catalog; `stack up` generates one for the local catalog (never logged)")
+    catalog_credential: SecretStr | None = Field(None, description="client_id:client_secret for a REST catalog's OAuth2 client-credentials flow (Polaris, Lakekeeper)")
+    catalog_oauth2_server_uri: str | None = Field(None, description="token endpoint for catalog_credential; default: the catalog's own /v1/oauth/tokens")
+    catalog_scope: str | None = Field(None, description="OAuth2 scope requested with catalog_credential (Polaris: PRINCIPAL_ROLE:ALL)")
+
+    # Local stack
+    stack_allow_remote_bind: bool = Field(False, description="let `stack up` bind services to a non-loopback host; off, it refuses and every socket must be on 127.0.0.1")
 
     # Kafka
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers host:port[,host:port]")
@@ -95,6 +102,7 @@ class Settings(BaseSettings):
 
     # Prefect and Ray
     prefect_api_url: str = Field("http://127.0.0.1:4200/api", description="Prefect API URL")
+    prefect_api_auth_string: SecretStr | None = Field(None, description="user:password of the Prefect server's basic auth; `stack up` generates one in the state folder's secrets (never logged)")
     ray_address: str | None = Field(None, description="'auto' joins the Ray head; empty runs Ray in-process; default by profile")
     ray_port: int = Field(6379, ge=1, le=65535, description="GCS port of the local Ray head")
     ray_object_store_mb: int = Field(2048, ge=78, description="object store cap of the Ray head, in MB (a promoted 1M-record batch is ~330 MB, held twice at a time)")

@@ -181,7 +181,7 @@ def read_times(table, settings, repeats: int) -> dict:
             iceberg_filter, daft_filter = day_filter(fresh)
             began = time.perf_counter()
             if reader == "daft":
-                got = daft.read_iceberg(fresh, io_config=io_config(settings)).where(daft_filter).to_arrow()
+                got = daft.read_iceberg(fresh, io_config=io_config(settings, "serving")).where(daft_filter).to_arrow()
             else:
                 got = fresh.scan(row_filter=iceberg_filter).to_arrow()
             seconds.append(time.perf_counter() - began)
@@ -267,7 +267,7 @@ def main() -> None:
                                 "note": "the issue sets no read-time or throughput target"}}
     try:
         lake.create()
-        catalog = open_catalog(settings)
+        catalog = open_catalog(settings, "maintenance")
         silver = create(catalog, settings, SILVER_FACT_CONVERSIONS, V2_FACT_COLUMNS)
         gold = create(catalog, settings, GOLD_HOURLY_API_USAGE)
         began = time.perf_counter()

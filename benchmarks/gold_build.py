@@ -267,7 +267,7 @@ def build_silver(lake: Path, days: int, per_day: int, seed: int) -> dict:
     if lake.exists():
         shutil.rmtree(lake)
     settings = file_lake(lake)
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "silver")
     ensure_namespaces(catalog, settings)
     began = time.monotonic()
     rand = Rand(seed)
@@ -309,7 +309,7 @@ def append_late(lake: Path, days: int, late: int, late_day_index: int, seed: int
     from tasks.tables import SILVER_FACT_CONVERSIONS
 
     settings = file_lake(lake)
-    table = open_catalog(settings).load_table(SILVER_FACT_CONVERSIONS.identifier)
+    table = open_catalog(settings, "silver").load_table(SILVER_FACT_CONVERSIONS.identifier)
     day = (END - timedelta(days=days)).date() + timedelta(days=late_day_index)
     rows = synth_facts(Rand(seed + 1), Population(days, seed), day, late, 10**12,
                        kafka_delay_us=pa.repeat(pa.scalar(3 * DAY_US, pa.int64()), late))
@@ -349,8 +349,8 @@ def warm_up(settings, runner: str) -> None:
             pass
     if runner == "ray":
         use_ray(settings)  # gold_flow's own call becomes a no-op
-    dim = open_catalog(settings).load_table(SILVER_DIM_USERS.identifier)
-    daft.read_iceberg(dim, io_config=io_config(settings)).limit(1).to_arrow()
+    dim = open_catalog(settings, "gold").load_table(SILVER_DIM_USERS.identifier)
+    daft.read_iceberg(dim, io_config=io_config(settings, "gold")).limit(1).to_arrow()
 
 
 def child_gold(ns) -> None:
@@ -451,7 +451,7 @@ def child_gold(ns) -> None:
         from tasks.transforms import gold
 
         t = time.monotonic()
-        facts = daft.read_iceberg(open_catalog(settings).load_table(fg.UPSTREAM), io_config=io_config(settings))
+        facts = daft.read_iceberg(open_catalog(settings, "gold").load_table(fg.UPSTREAM), io_config=io_config(settings, "gold"))
         rows = gold.daily_conversion_metrics(facts.select(*fg.FACT_COLUMNS)).to_arrow()
         standalone = {"seconds": round(time.monotonic() - t, 2), "rows": rows.num_rows}
         timeline.append(("daft_daily_conversion_metrics_alone", wall, time.time()))
@@ -504,7 +504,7 @@ def child_duckdb(ns) -> None:
     from tasks.tables import GOLD_DAILY_CONVERSION_METRICS, SILVER_FACT_CONVERSIONS
 
     settings = file_lake(Path(ns.lake))
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "serving")
     out = {}
     t = time.monotonic()
     files = [task.file.file_path.removeprefix("file://")

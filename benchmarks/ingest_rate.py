@@ -74,7 +74,7 @@ def private_lake(label: str) -> PrivateLake:
     lake = PrivateLake(base_settings(), label, layers=("bronze",))
     try:
         lake.create()
-        ensure_table(open_catalog(lake.settings), lake.settings, BRONZE_CONVERSION_EVENTS_RAW)
+        ensure_table(open_catalog(lake.settings, "ingest"), lake.settings, BRONZE_CONVERSION_EVENTS_RAW)
     except BaseException:
         lake.drop()
         raise
@@ -216,7 +216,7 @@ def snapshot_times(settings: Settings, snapshot_ids: list[int]) -> dict[int, flo
     from tasks.catalog import open_catalog
     from tasks.tables import BRONZE_CONVERSION_EVENTS_RAW
 
-    table = open_catalog(settings).load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier)
+    table = open_catalog(settings, "serving").load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier)
     out = {}
     for sid in snapshot_ids:
         snap = table.snapshot_by_id(sid)

@@ -109,7 +109,9 @@ class PrivateLake:
         if not base.uses_s3:
             update["warehouse"] = (self.workdir / "warehouse").as_uri()
         self.base = base
-        self.settings = base.model_copy(update=update)
+        # its buckets are its own: the stack's per-role S3 identities cover only the lakehouse's
+        # buckets, so every role of a private lake signs with the single (admin) pair
+        self.settings = base.model_copy(update=update).without_role_credentials()
         for layer in self.layers:  # never one of the lakehouse's own buckets
             assert self.settings.bucket(layer) != base.bucket(layer)
 
@@ -126,10 +128,10 @@ class PrivateLake:
         from tasks.catalog import open_catalog, s3_client
 
         if self.settings.uses_s3:
-            client = s3_client(self.settings)
+            client = s3_client(self.settings, "admin")
             for layer in self.layers:
                 client.create_bucket(Bucket=self.settings.bucket(layer))
-        catalog = open_catalog(self.settings)
+        catalog = open_catalog(self.settings, "admin")
         for layer in self.layers:
             try:
                 catalog.create_namespace(layer, {"location": self.settings.layer_location(layer)})
@@ -144,7 +146,7 @@ class PrivateLake:
 
         problems = []
         if self.settings.uses_s3:
-            client = s3_client(self.settings)
+            client = s3_client(self.settings, "admin")
             existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
             for layer in self.layers:
                 bucket = self.settings.bucket(layer)

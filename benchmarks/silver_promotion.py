@@ -178,7 +178,7 @@ def land_bronze(settings, records) -> list[int]:
     from tasks.tables import BRONZE_CONVERSION_EVENTS_RAW, ensure_table
     from tasks.transforms.bronze import RecordColumns, records_to_arrow
 
-    table = ensure_table(open_catalog(settings), settings, BRONZE_CONVERSION_EVENTS_RAW)
+    table = ensure_table(open_catalog(settings, "ingest"), settings, BRONZE_CONVERSION_EVENTS_RAW)
     snapshots = []
     for start in range(0, records.num_rows, BATCH_RECORDS):
         chunk = records.slice(start, BATCH_RECORDS)
@@ -213,7 +213,7 @@ def build_lakehouse(lake: Path, history, new) -> dict:
     if lake.exists():
         shutil.rmtree(lake)
     settings = file_lake(lake)
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "silver")
     ensure_namespaces(catalog, settings)
     began = time.monotonic()
     facts, users = history_silver(history)
@@ -639,7 +639,7 @@ def child_duckdb(ns) -> None:
         return time.monotonic()
 
     t = time.monotonic()
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "silver")
     bronze = catalog.load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier)
     facts_table = catalog.load_table(SILVER_FACT_CONVERSIONS.identifier)
     bronze_files = [task.file.file_path.removeprefix("file://") for task in bronze.scan().plan_files()]
@@ -760,7 +760,7 @@ def child_upsert(ns) -> None:
 
     lake = Path(ns.lake)
     settings = file_lake(lake)
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "silver")
     source = catalog.load_table(SILVER_FACT_CONVERSIONS.identifier)
     copy = catalog.register_table("silver.fact_conversions_upsert_copy", source.metadata_location)
     rows = pq.read_table(lake / "duckdb-out" / "batch.parquet").slice(0, ns.rows)

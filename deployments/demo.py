@@ -104,13 +104,13 @@ def _verify(settings: Settings):
     from tasks.catalog import open_catalog
     from tasks.verify import verify
 
-    return verify(open_catalog(settings), settings)
+    return verify(open_catalog(settings, "serving"), settings)
 
 
 def _latest_gold(settings: Settings) -> list[dict]:
     from tasks.catalog import open_catalog
     from tasks.tables import GOLD_DAILY_CONVERSION_METRICS, ensure_table
 
-    table = ensure_table(open_catalog(settings), settings, GOLD_DAILY_CONVERSION_METRICS)
+    table = ensure_table(open_catalog(settings, "serving"), settings, GOLD_DAILY_CONVERSION_METRICS)
     rows = table.scan().to_arrow().to_pylist()
     return sorted(rows, key=lambda r: (r["event_date"], r["direction"]))

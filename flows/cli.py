@@ -100,9 +100,29 @@ def main(
 
     from infra.services import ray_env
 
-    # Ray reads its auth settings once, at import, and Daft may import it before any flow runs:
-    # the same mode and token file as the Ray head (or the in-process cluster) uses.
-    os.environ.update(ray_env(settings()))  # validates at startup: a bad value fails first
+    _client_env(settings())  # validates at startup: a bad value fails first
+
+
+def _make_stack_secrets() -> None:
+    """Generate the stack's missing secrets (tasks/stack_secrets.py) before its services start,
+    and read the settings again so that they and this process use them."""
+    from tasks.stack_secrets import generate
+
+    if generate(settings().state_dir, list(Settings.model_fields)):
+        _State.settings = None
+        _client_env(settings())
+
+
+def _client_env(s: Settings) -> None:
+    """Ray and Prefect read their settings once, at import, and Daft may import Ray before any
+    flow runs: the same Ray mode, token and loopback rule as the head (or the in-process
+    cluster), and Prefect's basic-auth credential."""
+    import os
+
+    from infra.services import prefect_env, ray_env
+
+    os.environ.update(ray_env(s))
+    os.environ.update({k: v for k, v in prefect_env(s).items() if k == "PREFECT_API_AUTH_STRING"})
 
 
 @config_app.command("show")
@@ -127,6 +147,7 @@ def stack_up(services: list[str] = typer.Argument(None, help="only these service
     """Start every service (idempotent), wait until each is healthy, create topics, buckets and namespaces."""
     from infra.stack import StackError
 
+    _make_stack_secrets()
     stack = _stack()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err) as progress:
         rows: dict[str, int] = {}
@@ -176,7 +197,8 @@ def stack_down(services: list[str] = typer.Argument(None, help="only these servi
 
 @stack_app.command("status")
 def stack_status(services: list[str] = typer.Argument(None, help="only these services")) -> None:
-    """One line per service: name, address, pid, healthy or not, and what is wrong. Exit 1 if any is not."""
+    """One line per service: name, address, pid, healthy or not, what is wrong, and every address its
+    processes listen on (any not on loopback makes it unhealthy). Exit 1 if any is not healthy."""
     stack = _stack()
     try:
         rows = stack.status(services or None)
@@ -358,6 +380,7 @@ def demo(
 
     if profile not in (None, "embedded", "stack"):
         fail(f"--profile: {profile!r} is not allowed; expected 'embedded' or 'stack'", 2)
+    _make_stack_secrets()
     s = settings()
     if profile == "stack" and s.profile != "stack":
         try:
@@ -485,7 +508,7 @@ def sql(
         else:
             from tasks.catalog import open_catalog
 
-            for table_name, table in existing_tables(open_catalog(s)).items():
+            for table_name, table in existing_tables(open_catalog(s, "serving")).items():
                 if table.metadata.snapshot_by_id(int(value)) is not None:
                     pinned[table_name] = int(value)
             if not pinned:
@@ -540,7 +563,7 @@ def verify_cmd(
     s = settings()
     probe = KafkaGapProbe.from_settings(s) if kafka else None
     try:
-        report = verify(open_catalog(s), s, layers=tuple(layer) if layer else LAYERS, strict=strict, kafka=probe)
+        report = verify(open_catalog(s, "serving"), s, layers=tuple(layer) if layer else LAYERS, strict=strict, kafka=probe)
     except ValueError as exc:
         fail(str(exc), 2)
     if fmt == "json":
@@ -595,7 +618,7 @@ def _prefect_client_env(s: Settings) -> None:
 
     from infra.services import prefect_env
 
-    os.environ.update({k: v for k, v in prefect_env(s).items() if k == "PREFECT_API_URL"})
+    os.environ.update({k: v for k, v in prefect_env(s).items() if k in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")})
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m flows.cli`

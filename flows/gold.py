@@ -113,7 +113,7 @@ def plan_gold(settings: Settings, run_id: str, full: bool) -> GoldPlan:
     bronze snapshot. Silver commits facts before users, so when a promotion is half done (running,
     or crashed between its commits) gold builds from the last complete one and the rest waits for
     silver's users commit, which triggers gold again."""
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "gold")
     facts = ensure_table(catalog, settings, SILVER_FACT_CONVERSIONS)
     users_table = ensure_table(catalog, settings, SILVER_DIM_USERS)
     watermarks = {spec.identifier: upstream_snapshot(ensure_table(catalog, settings, spec), UPSTREAM)
@@ -176,7 +176,7 @@ def _replace(settings: Settings, spec: TableSpec, plan: GoldPlan, rows: pa.Table
     """Replace the keys of one gold table with ``rows`` in one atomic commit (gold_flow holds the
     lock). No rows: delete the keys and commit the bookkeeping."""
     expected = plan.watermarks[spec.identifier]
-    table = ensure_table(catalog or open_catalog(settings), settings, spec)
+    table = ensure_table(catalog or open_catalog(settings, "gold"), settings, spec)
     rows = rows if rows is not None else table.schema().as_arrow().empty_table()
     summary = {upstream_key(UPSTREAM): str(plan.upto), upstream_key(SILVER_DIM_USERS.identifier): str(plan.users_snapshot),
                RUN_ID_KEY: plan.run_id,
@@ -210,20 +210,20 @@ def _replace_all(settings: Settings, plan: GoldPlan, changes: list[tuple], catal
 def build_daily_tables(settings: Settings, plan: GoldPlan, crash_at: str | None = None) -> dict[str, int]:
     """Daily conversion, daily plan, hourly usage and per-user daily activity for the touched days;
     returns snapshot ids."""
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "gold")
     facts_table = catalog.load_table(UPSTREAM)
     users_table = ensure_table(catalog, settings, SILVER_DIM_USERS)
     days = list(plan.days)
     if plan.full:
-        facts = daft.read_iceberg(facts_table, snapshot_id=plan.upto, io_config=io_config(settings)
+        facts = daft.read_iceberg(facts_table, snapshot_id=plan.upto, io_config=io_config(settings, "gold")
                                   ).select(*FACT_COLUMNS).collect()
         days = [d for d in facts.select("event_date").distinct().to_pydict()["event_date"] if d is not None]
         where = AlwaysTrue()
     else:
-        facts = read_days(facts_table, days, FACT_COLUMNS, io_config(settings), snapshot_id=plan.upto)
+        facts = read_days(facts_table, days, FACT_COLUMNS, io_config(settings, "gold"), snapshot_id=plan.upto)
         facts = facts.collect() if facts is not None else None
         where = In("event_date", days) if days else None
-    dim = daft.read_iceberg(users_table, snapshot_id=plan.users_snapshot, io_config=io_config(settings))
+    dim = daft.read_iceberg(users_table, snapshot_id=plan.users_snapshot, io_config=io_config(settings, "gold"))
     report = {"days": len(days)}
     tables = (
         (GOLD_DAILY_CONVERSION_METRICS, lambda f: gold.daily_conversion_metrics(f)),
@@ -244,7 +244,7 @@ def build_user_summary(settings: Settings, plan: GoldPlan) -> dict[str, int]:
     gold.user_daily_activity as build_daily_tables left it: at most one row per user and day."""
     if _built(GOLD_USER_ACTIVITY_SUMMARY, plan):
         return {}
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "gold")
     daily_table = catalog.load_table(GOLD_USER_DAILY_ACTIVITY.identifier)
     if upstream_snapshot(daily_table, UPSTREAM) != plan.upto:
         raise StaleCommitError(f"{GOLD_USER_DAILY_ACTIVITY.identifier} is not at silver snapshot {plan.upto}: "
@@ -252,8 +252,8 @@ def build_user_summary(settings: Settings, plan: GoldPlan) -> dict[str, int]:
     users_table = ensure_table(catalog, settings, SILVER_DIM_USERS)
     users = list(plan.users)
     if plan.full:
-        daily = daft.read_iceberg(daily_table, io_config=io_config(settings)) if daily_table.current_snapshot() else None
-        dim = daft.read_iceberg(users_table, snapshot_id=plan.users_snapshot, io_config=io_config(settings))
+        daily = daft.read_iceberg(daily_table, io_config=io_config(settings, "gold")) if daily_table.current_snapshot() else None
+        dim = daft.read_iceberg(users_table, snapshot_id=plan.users_snapshot, io_config=io_config(settings, "gold"))
     else:  # the touched users' rows only: days x users, however many facts they had
         daily = read_user_rows(daily_table, users, DAILY_ACTIVITY_COLUMNS)
         dim = read_user_rows(users_table, users, DIM_USERS_COLUMNS, snapshot_id=plan.users_snapshot)
@@ -269,7 +269,7 @@ def build_dim_date(settings: Settings, plan: GoldPlan) -> dict[str, int]:
     """Calendar rows from the first to the last day with data; tiny, so always rewritten whole."""
     if _built(GOLD_DIM_DATE, plan):
         return {}
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "gold")
     facts_table = catalog.load_table(UPSTREAM)
     table = ensure_table(catalog, settings, GOLD_DIM_DATE)
     days = set(plan.days)
@@ -291,7 +291,7 @@ def _publish_latest_day(settings: Settings) -> None:
     """A markdown artifact with the newest day's metrics, for whoever opens the run in the UI."""
     from prefect.artifacts import create_markdown_artifact
 
-    table = ensure_table(open_catalog(settings), settings, GOLD_DAILY_CONVERSION_METRICS)
+    table = ensure_table(open_catalog(settings, "gold"), settings, GOLD_DAILY_CONVERSION_METRICS)
     rows = table.scan().to_arrow().to_pylist()
     if not rows:
         return

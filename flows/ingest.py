@@ -81,7 +81,7 @@ def plan_batch(settings: Settings, limits: BatchLimits, run_id: str) -> BatchPla
 
     Stored offsets outside a partition's watermarks (records expired by retention, a recreated
     topic) stop the run with :class:`OffsetsOutOfRangeError`: only an audited reset moves them."""
-    table = ensure_table(open_catalog(settings), settings, BRONZE_CONVERSION_EVENTS_RAW)
+    table = ensure_table(open_catalog(settings, "ingest"), settings, BRONZE_CONVERSION_EVENTS_RAW)
     expected = latest_offsets(table)
     topic = settings.kafka_topic
     marks = watermarks(settings, topic)
@@ -112,7 +112,7 @@ def plan_batch(settings: Settings, limits: BatchLimits, run_id: str) -> BatchPla
 @task(**TRANSIENT_RETRY)
 def read_batch(settings: Settings, plan: BatchPlan, ingested_at: datetime) -> list[WrittenRange]:
     """Every partition's range in parallel on the warm writer actors, written as uncommitted bronze files."""
-    table = ensure_table(open_catalog(settings), settings, BRONZE_CONVERSION_EVENTS_RAW)
+    table = ensure_table(open_catalog(settings, "ingest"), settings, BRONZE_CONVERSION_EVENTS_RAW)
     return write_ranges(
         plan.ranges, settings.kafka_bootstrap, ingested_at, plan.run_id, table.metadata, dict(table.io.properties),
         slots=settings.ingest_writers, idle_seconds=settings.ingest_writer_idle_seconds,
@@ -124,7 +124,7 @@ def read_batch(settings: Settings, plan: BatchPlan, ingested_at: datetime) -> li
 def commit_batch(settings: Settings, plan: BatchPlan, batches: list[WrittenRange], report: BatchReport,
                  crash_at: str | None) -> int:
     """One Iceberg append of every partition's files, the next offsets in its snapshot summary."""
-    table = ensure_table(open_catalog(settings), settings, BRONZE_CONVERSION_EVENTS_RAW)
+    table = ensure_table(open_catalog(settings, "ingest"), settings, BRONZE_CONVERSION_EVENTS_RAW)
     next_offsets = {t: dict(ps) for t, ps in plan.expected.items()}
     next_offsets.setdefault(plan.topic, {}).update({b.partition: b.next_offset for b in batches})
     with table_lock(settings, BRONZE_CONVERSION_EVENTS_RAW.identifier):
@@ -220,7 +220,7 @@ def reset_offsets(settings: Settings, to: str, partitions: list[int] | None, rea
     """The audited way to move bronze's offsets (``lakehouse ingest reset``): one bronze commit with
     no rows whose summary holds the new offsets and, under ``lakehouse.ingest.reset``, each
     partition's decision. Returns the decisions and the snapshot id (None on a dry run)."""
-    table = ensure_table(open_catalog(settings), settings, BRONZE_CONVERSION_EVENTS_RAW)
+    table = ensure_table(open_catalog(settings, "ingest"), settings, BRONZE_CONVERSION_EVENTS_RAW)
     expected = latest_offsets(table)
     topic = settings.kafka_topic
     decisions = plan_reset(topic, expected.get(topic, {}), watermarks(settings, topic), to, partitions, reason)

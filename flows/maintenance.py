@@ -40,7 +40,7 @@ def _crash_hook(crash_at: str | None, identifier: str):
 @task(**TRANSIENT_RETRY)  # a rerun re-plans: compaction and expiry are idempotent
 def maintain(settings: Settings, spec: TableSpec, dry_run: bool, watermarks: list[int],
              crash_at: str | None = None) -> dict:
-    table = open_catalog(settings).load_table(spec.identifier)
+    table = open_catalog(settings, "maintenance").load_table(spec.identifier)
     return maintain_table(table, settings, spec.layer, dry_run=dry_run, lock=partial(table_lock, settings),
                           watermarks=watermarks, on_stage=_crash_hook(crash_at, spec.identifier))
 
@@ -80,7 +80,7 @@ def maintenance_flow(dry_run: bool = False, settings: Optional[Settings] = None,
         raise ValueError(f"crash_at must be one of {CRASH_POINTS}, optionally @<table>, got {crash_at!r}")
     settings = settings or load_settings()
     logger = get_run_logger()
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "maintenance")
     tables = {}
     for spec in ALL_TABLES:
         try:

@@ -77,7 +77,7 @@ class SilverReport:
 @task(**TRANSIENT_RETRY)
 def plan_silver(settings: Settings, run_id: str) -> SilverPlan:
     """Which bronze snapshots to promote: after the oldest silver watermark, up to the newest work."""
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "silver")
     bronze = ensure_table(catalog, settings, BRONZE_CONVERSION_EVENTS_RAW)
     watermarks = {
         spec.identifier: upstream_snapshot(ensure_table(catalog, settings, spec), UPSTREAM) for spec in SILVER_TABLES
@@ -101,7 +101,7 @@ def _commit(settings, spec: TableSpec, plan: SilverPlan, rows, facts: dict, dele
     expected = plan.watermarks[spec.identifier]
     if expected == upto:
         return None
-    table = ensure_table(open_catalog(settings), settings, spec)
+    table = ensure_table(open_catalog(settings, "silver"), settings, spec)
     summary = {
         upstream_key(UPSTREAM): str(upto),
         RUN_ID_KEY: plan.run_id,
@@ -147,7 +147,7 @@ def commit_facts(settings: Settings, plan: SilverPlan, jobs, checked: Kept) -> O
     found = jobs.call(silver_jobs.new_facts, settings, checked)
     rows, replaced_ids = found.rows, found.replaced_ids
     if rows.num_rows and pc.any(pc.equal(rows.column("schema_version"), 2)).as_py():
-        _add_v2_columns(ensure_table(open_catalog(settings), settings, SILVER_FACT_CONVERSIONS))
+        _add_v2_columns(ensure_table(open_catalog(settings, "silver"), settings, SILVER_FACT_CONVERSIONS))
     detail = {"facts": rows.num_rows - len(replaced_ids), "duplicates_dropped": found.dropped,
               "replaced_by_earlier_arrival": len(replaced_ids)}
     snapshot = _commit(settings, SILVER_FACT_CONVERSIONS, plan, rows, detail,

@@ -54,7 +54,7 @@ def _pid(value: str | None) -> int | None:
         return None
 
 
-def crash_orphaned_runs(api_url: str, pool: str, worker_started: datetime) -> list[str]:
+def crash_orphaned_runs(api_url: str, pool: str, worker_started: datetime, auth_string: str | None = None) -> list[str]:
     """Mark the pool's orphaned Pending and Running runs Crashed; returns their names."""
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.filters import (
@@ -68,7 +68,7 @@ def crash_orphaned_runs(api_url: str, pool: str, worker_started: datetime) -> li
     from prefect.states import Crashed
 
     crashed = []
-    with SyncPrefectClient(api=api_url) as client:
+    with SyncPrefectClient(api=api_url, auth_string=auth_string) as client:
         found = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING]))

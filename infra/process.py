@@ -94,9 +94,12 @@ class PidFile:
 
 
 def spawn(command: list[str], env: dict[str, str], log_path: Path, pid_file: PidFile, cwd: Path | None = None) -> int:
-    """Start ``command`` detached in a new session, output appended to ``log_path``."""
+    """Start ``command`` detached in a new session, output appended to ``log_path``.
+
+    umask 077: what a service writes (volume files, Kafka logs, databases, logs) is its owner's only."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "ab") as log:
         log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: {command[0]}\n".encode())
         log.flush()
         proc = subprocess.Popen(
@@ -107,6 +110,7 @@ def spawn(command: list[str], env: dict[str, str], log_path: Path, pid_file: Pid
             env=env,
             cwd=cwd,
             start_new_session=True,
+            umask=0o077,
         )
     ticks = _start_ticks(proc.pid) or 0
     pid_file.write(PidRecord(proc.pid, ticks, command))

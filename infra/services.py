@@ -34,9 +34,10 @@ class BuildError(RuntimeError):
     """A download or build step failed; the message says which and where its log is."""
 
 
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+def http_get(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - loopback only
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -216,25 +217,18 @@ class SeaweedFS(Service):
         self.binary.with_suffix(".fingerprint").write_text(self._fingerprint())
 
     def _identities(self) -> Path:
-        s = self.settings
-        config = {
-            "identities": [
-                {
-                    "name": "lakehouse",
-                    "credentials": [
-                        {
-                            "accessKey": s.s3_access_key_id,
-                            "secretKey": s.s3_secret_access_key.get_secret_value() if s.s3_secret_access_key else "",
-                        }
-                    ],
-                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
-            ]
-        }
+        """The S3 identities file: the admin pair and one least-privilege identity per role
+        (infra/storage_roles.py says who may read, write and delete where)."""
+        from infra.storage_roles import seaweedfs_identities
+
+        config = seaweedfs_identities(self.settings)
         path = self.state / "run" / "seaweedfs-s3.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, indent=2))
-        path.chmod(0o600)
+        # secrets: owner-only from the first byte, not chmod-ed after being written
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an older file may have other modes
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(config, indent=2))
         return path
 
     def launch(self) -> tuple[list[str], dict[str, str]]:
@@ -243,15 +237,21 @@ class SeaweedFS(Service):
         command = [str(self.binary), *SEAWEEDFS_ARGS(host, port, self.data_dir, self._identities())]
         # weed reads filer.toml/security.toml from its working directory: run it in its data dir.
         # WEED_* variables would override the filer store; GOMEMLIMIT keeps the GC within budget.
-        env = {k: v for k, v in self.base_env().items() if not k.startswith("WEED_")}
+        # AWS_* keys in the environment would become one more admin identity.
+        env = {k: v for k, v in self.base_env().items() if not k.startswith(("WEED_", "AWS_"))}
         env["GOMEMLIMIT"] = "512MiB"
+        env.update(seaweedfs_security_env(self.settings))
         return command, env
+
+    def settings_fingerprint(self) -> str:
+        # new signing keys or identities need a restart
+        return _digest(seaweedfs_security_env(self.settings), self._identities().read_text())
 
     def check_health(self) -> str | None:
         from tasks.catalog import s3_client
 
         try:
-            s3_client(self.settings).list_buckets()
+            s3_client(self.settings, "admin").list_buckets()
             return None
         except Exception as exc:  # noqa: BLE001 - reported as the problem
             return f"S3 ListBuckets failed: {type(exc).__name__}: {str(exc)[:120]}"
@@ -260,6 +260,32 @@ class SeaweedFS(Service):
         from tasks.catalog import ensure_buckets
 
         return [f"bucket {b}" for b in ensure_buckets(self.settings)]
+
+
+def seaweedfs_security_env(settings: Settings) -> dict[str, str]:
+    """security.toml as WEED_* variables (a set variable wins over the file): JWT signing keys
+    for the volume server (writes and reads) and the filer (writes and reads), so only the S3
+    gateway, which signs with them, reaches object bytes; the filer's directory listing and the
+    volume UI are off, and only the S3 endpoint's own origin passes CORS. Keys come from the
+    state folder's secrets (tasks/stack_secrets.py); none before the first ``stack up``."""
+    from tasks.stack_secrets import seaweedfs_keys
+
+    keys = seaweedfs_keys(settings.state_dir)
+    if not keys:
+        return {}
+    return {
+        "WEED_JWT_SIGNING_KEY": keys["volume_write"],
+        "WEED_JWT_SIGNING_READ_KEY": keys["volume_read"],
+        "WEED_JWT_FILER_SIGNING_KEY": keys["filer_write"],
+        "WEED_JWT_FILER_SIGNING_READ_KEY": keys["filer_read"],
+        "WEED_FILER_EXPOSE_DIRECTORY_METADATA_ENABLED": "false",
+        "WEED_ACCESS_UI": "false",
+        "WEED_CORS_ALLOWED_ORIGINS_VALUES": (settings.s3_endpoint or "").rstrip("/"),
+    }
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def SEAWEEDFS_ARGS(host: str, port: int, data_dir: Path, identities: Path) -> list[str]:  # noqa: N802
@@ -276,6 +302,7 @@ def SEAWEEDFS_ARGS(host: str, port: int, data_dir: Path, identities: Path) -> li
         "-filer.port=8888",
         f"-s3.port={port}",
         f"-s3.config={identities}",
+        "-s3.iam=false",  # no IAM API on the S3 port: identities come from the config file only
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-webdav=false",
@@ -430,9 +457,13 @@ class IcebergRest(Service):
     def launch(self) -> tuple[list[str], dict[str, str]]:
         return iceberg_rest_launch(self.settings, self.data_dir, self.lib, self.launcher_dir, base_env=self.base_env())
 
+    def settings_fingerprint(self) -> str:
+        token = self.settings.catalog_token
+        return _digest("bearer", token.get_secret_value() if token else "")
+
     def check_health(self) -> str | None:
         try:
-            status, body = http_get(f"{self.settings.catalog_uri}/v1/config")
+            status, body = http_get(f"{self.settings.catalog_uri}/v1/config", headers=catalog_auth_header(self.settings))
         except OSError as exc:
             return f"GET /v1/config failed: {exc}"
         if status != 200:
@@ -446,7 +477,7 @@ class IcebergRest(Service):
     def provision(self) -> list[str]:
         from tasks.catalog import ensure_namespaces, open_catalog
 
-        return [f"namespace {n}" for n in ensure_namespaces(open_catalog(self.settings), self.settings)]
+        return [f"namespace {n}" for n in ensure_namespaces(open_catalog(self.settings, "admin"), self.settings)]
 
 
 def iceberg_rest_launch(settings: Settings, data_dir: Path, lib: Path, launcher_dir: Path, max_heap_mb: int = 384,
@@ -484,10 +515,17 @@ def iceberg_rest_launch(settings: Settings, data_dir: Path, lib: Path, launcher_
         "AWS_REGION": s.s3_region,
         "AWS_ACCESS_KEY_ID": s.s3_access_key_id or "",
         "AWS_SECRET_ACCESS_KEY": secret,
+        # LoopbackRESTCatalogServer answers 401 to any request without this bearer token
+        "REST_CATALOG_BEARER_TOKEN": s.catalog_token.get_secret_value() if s.catalog_token else "",
     }
     command = [_java(), "-Xms64m", f"-Xmx{max_heap_mb}m", *JAVA_OPTS,
                "-cp", f"{launcher_dir}:{lib}/*", "LoopbackRESTCatalogServer"]
     return command, env
+
+
+def catalog_auth_header(settings: Settings) -> dict[str, str]:
+    token = settings.catalog_token
+    return {"Authorization": f"Bearer {token.get_secret_value()}"} if token and token.get_secret_value() else {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,13 +550,23 @@ class PrefectServer(Service):
             **prefect_env(self.settings),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_API_URL": self.settings.prefect_api_url,
+            # a web page of another origin may not call the API from a browser on this machine
+            "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": f"http://{host}:{port}",
         }
+        auth = self.settings.prefect_api_auth_string
+        if auth is not None and auth.get_secret_value():
+            # the UI asks for it at login and sends it as a header: no ambient browser credential
+            env["PREFECT_SERVER_API_AUTH_STRING"] = auth.get_secret_value()
         prefect = str(Path(sys.executable).with_name("prefect"))
         return [prefect, "server", "start", "--host", host, "--port", str(port), "--analytics-off"], env
 
+    def settings_fingerprint(self) -> str:
+        auth = self.settings.prefect_api_auth_string
+        return _digest("basic", auth.get_secret_value() if auth else "")
+
     def check_health(self) -> str | None:
         try:
-            status, body = http_get(f"{self.settings.prefect_api_url}/health")
+            status, body = http_get(f"{self.settings.prefect_api_url}/health", headers=prefect_auth_header(self.settings))
         except OSError as exc:
             return f"GET /api/health failed: {exc}"
         return None if status == 200 and body.strip() == b"true" else f"GET /api/health answered {status} {body[:60]!r}"
@@ -549,7 +597,9 @@ class PrefectWorker(Service):
     def recover(self, started: datetime) -> list[str]:
         from infra.flow_runs import crash_orphaned_runs
 
-        crashed = crash_orphaned_runs(self.settings.prefect_api_url, self.pool, started)
+        auth = self.settings.prefect_api_auth_string
+        crashed = crash_orphaned_runs(self.settings.prefect_api_url, self.pool, started,
+                                      auth.get_secret_value() if auth is not None else None)
         return [f"crashed {len(crashed)} orphaned run(s) of the stopped worker: {', '.join(crashed)}"] if crashed else []
 
     def settings_fingerprint(self) -> str:
@@ -559,7 +609,7 @@ class PrefectWorker(Service):
     def check_health(self) -> str | None:
         request = urllib.request.Request(
             f"{self.settings.prefect_api_url}/work_pools/{self.pool}/workers/filter",
-            data=b"{}", headers={"Content-Type": "application/json"}, method="POST",
+            data=b"{}", headers={"Content-Type": "application/json", **prefect_auth_header(self.settings)}, method="POST",
         )
         try:
             with urllib.request.urlopen(request, timeout=3) as resp:  # noqa: S310 - loopback
@@ -572,16 +622,32 @@ class PrefectWorker(Service):
 
 
 def prefect_env(settings: Settings) -> dict[str, str]:
-    """Environment every Prefect client and the server share."""
-    return {
+    """Environment every Prefect client and the server share: where the API is and, when the
+    server has basic auth, the client's credential for it (never logged: child processes only)."""
+    env = {
         "PREFECT_HOME": str(settings.state_dir / "data" / "prefect"),
         "PREFECT_API_URL": settings.prefect_api_url,
     }
+    auth = settings.prefect_api_auth_string
+    if auth is not None and auth.get_secret_value():
+        env["PREFECT_API_AUTH_STRING"] = auth.get_secret_value()
+    return env
+
+
+def prefect_auth_header(settings: Settings) -> dict[str, str]:
+    """The Authorization header Prefect's own client sends for the basic-auth string."""
+    import base64
+
+    auth = settings.prefect_api_auth_string
+    if auth is None or not auth.get_secret_value():
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(auth.get_secret_value().encode()).decode()}
 
 
 # ---------------------------------------------------------------------------------------------
 class RayHead(Service):
-    """``ray start --head --block`` with a capped object store, no dashboard, token auth."""
+    """``ray start --head --block`` with a capped object store, no dashboard, token auth, and
+    every socket on loopback at a pinned port (see ``ray_ports``)."""
 
     name = "ray"
 
@@ -589,15 +655,23 @@ class RayHead(Service):
         return f"127.0.0.1:{self.settings.ray_port}"
 
     def ports(self) -> dict[int, str]:
-        return {self.settings.ray_port: env_key("ray_port")}
+        ports = {port: env_key("ray_port") for port in ray_ports(self.settings).values()}
+        low, high = ray_worker_ports(self.settings)
+        ports.update({port: env_key("ray_port") for port in range(low, high + 1)})
+        return ports
 
     def launch(self) -> tuple[list[str], dict[str, str]]:
         s = self.settings
         ray = str(Path(sys.executable).with_name("ray"))
+        ports = ray_ports(s)
+        low, high = ray_worker_ports(s)
         command = [
             ray, "start", "--head", "--block",
             "--node-ip-address=127.0.0.1",
             f"--port={s.ray_port}",
+            *(f"--{flag}={port}" for flag, port in ports.items() if flag != "port"),
+            f"--min-worker-port={low}",
+            f"--max-worker-port={high}",
             f"--object-store-memory={s.ray_object_store_mb * 1024 * 1024}",
             "--include-dashboard=false",
             "--disable-usage-stats",
@@ -613,6 +687,9 @@ class RayHead(Service):
             "RAY_idle_worker_killing_time_threshold_ms": "300000",
         }
         return command, env
+
+    def settings_fingerprint(self) -> str:
+        return _digest(self.launch()[0], ray_env(self.settings))
 
     def check_health(self) -> str | None:
         ray = str(Path(sys.executable).with_name("ray"))
@@ -631,17 +708,28 @@ class RayHead(Service):
         return "GCS health check failed: " + (result.stderr.strip().splitlines() or ["no output"])[-1][:120]
 
 
+def ray_ports(settings: Settings) -> dict[str, int]:
+    """Every fixed port of the Ray head, by its ``ray start`` flag: the GCS at ``ray_port`` and
+    the rest just above it. Unpinned, Ray picks random ports, which a socket audit can't tell
+    from a stranger's."""
+    base = settings.ray_port
+    flags = ("port", "node-manager-port", "object-manager-port", "ray-client-server-port",
+             "dashboard-agent-grpc-port", "dashboard-agent-listen-port", "runtime-env-agent-port",
+             "metrics-export-port")
+    return {flag: base + i for i, flag in enumerate(flags)}
+
+
+def ray_worker_ports(settings: Settings) -> tuple[int, int]:
+    """The range every Ray worker's gRPC port comes from: ray_port+100 to ray_port+199."""
+    return settings.ray_port + 100, settings.ray_port + 199
+
+
 def ray_env(settings: Settings) -> dict[str, str]:
-    """RAY_AUTH_* for the head and every client: the same mode and the same token file."""
-    env = {"RAY_AUTH_MODE": settings.ray_auth_mode}
-    if settings.ray_auth_mode == "token":
-        token = settings.state_dir / "run" / "ray-auth-token"
-        if not token.exists():
-            token.parent.mkdir(parents=True, exist_ok=True)
-            token.write_text(secrets.token_hex(32))
-            token.chmod(0o600)
-        env["RAY_AUTH_TOKEN_PATH"] = str(token)
-    return env
+    """Ray's environment for the head and every client, in both profiles: the same auth mode and
+    token file, every socket on loopback, and the session folders inside the state folder."""
+    from tasks.compute import ray_client_env
+
+    return ray_client_env(settings, create=True)
 
 
 def all_services(settings: Settings) -> list[Service]:

@@ -9,6 +9,7 @@ from typing import Callable
 
 from infra.process import PidFile, listening_pids, port_in_use, spawn, stop_session
 from infra.services import BuildError, Service, all_services
+from infra.sockets import Listener, listeners, process_tree
 from tasks.settings import Settings, SettingsError
 
 Reporter = Callable[[str, str], None]  # (service name, message)
@@ -27,12 +28,15 @@ class ServiceStatus:
     pid: int | None
     healthy: bool
     problem: str = ""
+    listens: tuple[str, ...] = ()  # every listening address of the service's processes
 
     def line(self) -> str:
+        """One line per service (scripts split on it): the addresses it listens on come last."""
         state = "healthy" if self.healthy else "UNHEALTHY"
         pid = str(self.pid) if self.pid else "-"
         tail = f"  {self.problem}" if self.problem else ""
-        return f"{self.name:<13} {self.address:<16} pid={pid:<8} {state}{tail}"
+        listens = f"  listens={','.join(self.listens)}" if self.listens else ""
+        return f"{self.name:<13} {self.address:<16} pid={pid:<8} {state}{tail}{listens}"
 
 
 def _quiet(name: str, message: str) -> None:
@@ -59,7 +63,12 @@ class Stack:
 
         Returns the seconds each service took, for the start-up benchmark.
         """
+        from tasks.stack_secrets import private_folder
+
         timings: dict[str, float] = {}
+        for service in self.select(names):
+            check_bind_host(service, self.settings)
+        private_folder(self.settings.state_dir)  # logs, databases and secrets: the owner's only
         for service in self.select(names):
             began = time.monotonic()
             self._up_one(service, report)
@@ -154,8 +163,51 @@ class Stack:
                 out.append(ServiceStatus(service.name, service.address(), None, False, problem))
                 continue
             problem = service.check_health()
-            out.append(ServiceStatus(service.name, service.address(), pid, problem is None, problem or ""))
+            found = listeners(process_tree(pid))
+            remote = self._remote_problem(found)
+            problems = [p for p in (problem, remote) if p]
+            out.append(ServiceStatus(service.name, service.address(), pid, not problems, "; ".join(problems),
+                                     _addresses(found)))
         return out
+
+    def _remote_problem(self, found: list[Listener]) -> str | None:
+        """Every socket must be on loopback unless ``stack_allow_remote_bind`` says otherwise."""
+        remote = [item for item in found if not item.loopback]
+        if not remote or self.settings.stack_allow_remote_bind:
+            return None
+        shown = ", ".join(str(item) for item in remote[:3])
+        more = f" and {len(remote) - 3} more" if len(remote) > 3 else ""
+        return f"listens on {shown}{more}: not loopback"
+
+
+def _addresses(found: list[Listener]) -> tuple[str, ...]:
+    """Distinct listening addresses, sorted by port (a socket per Ray worker makes many)."""
+    unique = {item.address: item.port for item in found}
+    return tuple(sorted(unique, key=lambda address: (unique[address], address)))
+
+
+def is_loopback_host(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind_host(service: Service, settings: Settings) -> None:
+    """Refuse to start a service on a non-loopback host unless ``stack_allow_remote_bind`` says
+    so: several services trust whoever reaches them, and loopback is what keeps others out."""
+    ports = service.ports()
+    if not ports or settings.stack_allow_remote_bind:
+        return
+    host = service.address().rpartition(":")[0]
+    if not is_loopback_host(host):
+        key = next(iter(ports.values()))
+        raise SettingsError(key, f"{service.name} would listen on {host}, not loopback; set "
+                                 "LAKEHOUSE_STACK_ALLOW_REMOTE_BIND=true to allow it (see the README's security section)")
 
 
 def _tail(service: Service, lines: int = 15) -> str:

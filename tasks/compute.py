@@ -5,19 +5,54 @@ The same job code runs on a laptop and on a Ray cluster; only this switch differ
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import secrets
+from pathlib import Path
 
 from tasks.settings import Settings
 
 _configured: str | None = None
 
 
-def ray_client_env(settings: Settings) -> dict[str, str]:
-    """RAY_AUTH_* that must match the head's (see infra/services.ray_env)."""
-    env = {"RAY_AUTH_MODE": settings.ray_auth_mode}
-    token = settings.state_dir / "run" / "ray-auth-token"
-    if settings.ray_auth_mode == "token" and token.exists():
+def ray_temp_root(settings: Settings) -> Path:
+    """Ray's RAY_TMPDIR: Ray keeps its sessions in ``<root>/ray`` and makes them world-writable,
+    so the root is a 0700 folder of the state folder. Ray's Unix sockets live a session path
+    below it and a socket path may not exceed 107 bytes, so a long state path (a test's tmp
+    folder) uses a short private folder under /tmp named after it instead."""
+    root = settings.state_dir / "run"
+    if len(str(root)) > 40:
+        digest = hashlib.sha256(str(settings.state_dir).encode()).hexdigest()[:10]
+        root = Path("/tmp") / f"lakehouse-{os.getuid()}-{digest}"
+    return root
+
+
+def ray_client_env(settings: Settings, create: bool = False) -> dict[str, str]:
+    """Ray's environment, the same for the head, the in-process cluster and every client.
+
+    - RAY_AUTH_MODE and the token file: token auth in both profiles;
+    - RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: Ray otherwise swaps 127.0.0.1 for the machine's
+      routable address and opens the GCS, raylet and every worker's port on it
+      (``ray._private.services.get_node_ip_address``). Only ``stack_allow_remote_bind`` turns
+      it back on;
+    - RAY_TMPDIR (``ray_temp_root``).
+    ``create``: make the private folders and the token if missing (the head, the in-process
+    cluster), where a client only points at them."""
+    from tasks.stack_secrets import private_folder, ray_token_path, write_private
+
+    root = ray_temp_root(settings)
+    env = {
+        "RAY_AUTH_MODE": settings.ray_auth_mode,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1" if settings.stack_allow_remote_bind else "0",
+        "RAY_TMPDIR": str(root),
+    }
+    if create:
+        private_folder(root)
+    if settings.ray_auth_mode == "token":
+        token = ray_token_path(settings.state_dir)
+        if create and not token.exists():
+            write_private(token, secrets.token_hex(32))
         env["RAY_AUTH_TOKEN_PATH"] = str(token)
     return env
 
@@ -31,16 +66,18 @@ def use_ray(settings: Settings) -> str:
     global _configured
     if _configured is not None:
         return _configured
-    if settings.ray_address:
-        os.environ.update(ray_client_env(settings))  # before ray is imported: it reads them once
+    os.environ.update(ray_client_env(settings, create=not settings.ray_address))  # before ray is imported: it reads them once
     import daft
     import ray
+    import ray._private.ray_constants as ray_constants
+
+    # already imported (a test session, a notebook): the one constant it read at import
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "1"
 
     if settings.ray_address:
         ray.init(address=settings.ray_address, ignore_reinit_error=True, log_to_driver=False)
         target = f"ray:{settings.ray_address}"
     else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # address="local": always a fresh in-process cluster, never a head that happens to run here
         ray.init(address="local", ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
                  num_cpus=os.cpu_count() or 2, object_store_memory=settings.ray_object_store_mb * 1024 * 1024)

@@ -113,7 +113,7 @@ def run_sql(
     snapshots: dict[str, int] | None = None,
 ) -> pa.Table:
     """Daft SQL over ``<layer>.<table>`` names; ``as_of`` or per-table ``snapshots`` time-travel."""
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "serving")
     tables = existing_tables(catalog)
     referenced = {f"{layer}.{name}" for layer, name in _NAME.findall(query)}
     unknown = sorted(referenced - set(tables))
@@ -134,7 +134,7 @@ def run_sql(
             raise QueryError(f"{name} has no snapshot {snapshot_id}: expired, or never one of its snapshots "
                              f"(`lakehouse history {name}` lists those retained)")
         layer, short = name.split(".", 1)
-        bindings[_binding(layer, short)] = daft.read_iceberg(table, snapshot_id=snapshot_id, io_config=io_config(settings))
+        bindings[_binding(layer, short)] = daft.read_iceberg(table, snapshot_id=snapshot_id, io_config=io_config(settings, "serving"))
     rewritten = _NAME.sub(lambda m: _binding(m.group(1), m.group(2)), query)
     try:
         return daft.sql(rewritten, **bindings).to_arrow()
@@ -161,7 +161,7 @@ def _about_the_query(exc: Exception) -> bool:
 
 def describe_tables(settings: Settings) -> list[TableInfo]:
     out = []
-    for name, table in sorted(existing_tables(open_catalog(settings)).items()):
+    for name, table in sorted(existing_tables(open_catalog(settings, "serving")).items()):
         snapshot = table.current_snapshot()
         props = snapshot.summary.additional_properties if snapshot and snapshot.summary else {}
         out.append(TableInfo(
@@ -177,7 +177,7 @@ def describe_tables(settings: Settings) -> list[TableInfo]:
 
 def load_known_table(settings: Settings, name: str) -> Table:
     """The table named ``<layer>.<table>``; any other name, or one the catalog lacks, is the user's error."""
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "serving")
     if _NAME.fullmatch(name):  # else no name the catalog could hold: it raises ValueError or NoSuchIdentifierError
         try:
             return catalog.load_table(name)

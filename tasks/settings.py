@@ -20,6 +20,12 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 ENV_PREFIX = "LAKEHOUSE_"
 CONFIG_ENV = "LAKEHOUSE_CONFIG"
 LAYERS = ("bronze", "silver", "gold")
+# The S3 roles of least privilege (infra/storage_roles.py grants each its buckets and actions);
+# ADMIN_ROLE, the single pair, only provisions buckets and is the catalog server's.
+ROLES = ("ingest", "silver", "gold", "serving", "maintenance")
+ADMIN_ROLE = "admin"
+ROLE_CREDENTIAL_FIELDS = tuple(f"s3_{r}_{half}" for r in ROLES for half in ("access_key_id", "secret_access_key"))
+S3Role = Literal["ingest", "silver", "gold", "serving", "maintenance", "admin"]
 
 Profile = Literal["embedded", "stack"]
 
@@ -74,6 +80,18 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = Field(None, description="S3 access key id")
     s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key (never logged)")
     s3_path_style: bool = Field(True, description="path-style addressing (SeaweedFS, MinIO); false for AWS")
+    # One S3 pair per role (least privilege); a role left unset signs with the single pair above
+    # (AWS users may map roles to IAM there). `stack up` generates them for the local SeaweedFS.
+    s3_ingest_access_key_id: str | None = Field(None, description="ingest's S3 key id: writes bronze")
+    s3_ingest_secret_access_key: SecretStr | None = Field(None, description="ingest's S3 secret (never logged)")
+    s3_silver_access_key_id: str | None = Field(None, description="silver's S3 key id: reads bronze, writes silver")
+    s3_silver_secret_access_key: SecretStr | None = Field(None, description="silver's S3 secret (never logged)")
+    s3_gold_access_key_id: str | None = Field(None, description="gold's S3 key id: reads silver, writes gold")
+    s3_gold_secret_access_key: SecretStr | None = Field(None, description="gold's S3 secret (never logged)")
+    s3_serving_access_key_id: str | None = Field(None, description="S3 key id of sql, notebooks, reports, verify: reads only")
+    s3_serving_secret_access_key: SecretStr | None = Field(None, description="serving's S3 secret (never logged)")
+    s3_maintenance_access_key_id: str | None = Field(None, description="maintenance's S3 key id: rewrites and deletes in every layer")
+    s3_maintenance_secret_access_key: SecretStr | None = Field(None, description="maintenance's S3 secret (never logged)")
     catalog_token: SecretStr | None = Field(None, description="bearer token for the REST catalog; `stack up` generates one for the local catalog (never logged)")
     catalog_credential: SecretStr | None = Field(None, description="client_id:client_secret for a REST catalog's OAuth2 client-credentials flow (Polaris, Lakekeeper)")
     catalog_oauth2_server_uri: str | None = Field(None, description="token endpoint for catalog_credential; default: the catalog's own /v1/oauth/tokens")
@@ -214,6 +232,41 @@ class Settings(BaseSettings):
             raise ValueError(f"{v!r} must be non-empty and use only letters, digits, '-', '_', '.'")
         return v
 
+    @field_validator(*ROLE_CREDENTIAL_FIELDS, mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        return None if v == "" else v  # LAKEHOUSE_S3_<ROLE>_...="" unsets a generated pair
+
+    @model_validator(mode="after")
+    def _role_pairs(self) -> "Settings":
+        for role in ROLES:
+            key_id, secret = f"s3_{role}_access_key_id", f"s3_{role}_secret_access_key"
+            has_secret = getattr(self, secret) is not None and bool(getattr(self, secret).get_secret_value())
+            if getattr(self, key_id) and not has_secret:
+                raise ValueError(f"missing: {secret} is required when {key_id} is set")
+            if has_secret and not getattr(self, key_id):
+                raise ValueError(f"missing: {key_id} is required when {secret} is set")
+        return self
+
+    @model_validator(mode="after")
+    def _no_wildcard_hosts(self) -> "Settings":
+        """0.0.0.0 and :: mean "every interface": for a local service that trusts whoever
+        reaches it, that is an opening, so it takes the explicit opt-in."""
+        if self.stack_allow_remote_bind:
+            return self
+        hosts = {
+            "catalog_uri": urlparse(self.catalog_uri or "").hostname,
+            "s3_endpoint": urlparse(self.s3_endpoint or "").hostname,
+            "prefect_api_url": urlparse(self.prefect_api_url).hostname,
+            "kafka_bootstrap": next((s.strip().rpartition(":")[0].strip("[]") for s in self.kafka_bootstrap.split(",")
+                                     if s.strip().rpartition(":")[0].strip("[]") in ("0.0.0.0", "::")), None),
+        }
+        for key, host in hosts.items():
+            if host in ("0.0.0.0", "::"):
+                raise ValueError(f"invalid: {key} uses the wildcard address {host}, which listens on every "
+                                 "interface; use 127.0.0.1, or set stack_allow_remote_bind=true to mean it")
+        return self
+
     @model_validator(mode="after")
     def _secrets_present(self) -> "Settings":
         if self.uses_s3:
@@ -241,6 +294,22 @@ class Settings(BaseSettings):
     def uses_s3(self) -> bool:
         return (self.warehouse or "").startswith("s3://")
 
+    def s3_credentials(self, role: S3Role) -> tuple[str, str]:
+        """The (access key id, secret) ``role`` signs S3 requests with: its own pair, else the single
+        pair; ``admin`` is always the single pair. Empty strings when no pair is set."""
+        if role != ADMIN_ROLE and role not in ROLES:
+            raise ValueError(f"unknown S3 role {role!r}; expected one of {(*ROLES, ADMIN_ROLE)}")
+        if role in ROLES:
+            key_id, secret = getattr(self, f"s3_{role}_access_key_id"), getattr(self, f"s3_{role}_secret_access_key")
+            if key_id and secret is not None:
+                return key_id, secret.get_secret_value()
+        return self.s3_access_key_id or "", self.s3_secret_access_key.get_secret_value() if self.s3_secret_access_key else ""
+
+    def without_role_credentials(self) -> "Settings":
+        """These settings with every role on the single pair: for a private lakehouse in buckets of
+        its own (tests, benchmarks), which the per-role identities do not cover."""
+        return self.model_copy(update=dict.fromkeys(ROLE_CREDENTIAL_FIELDS))
+
     def bucket(self, layer: str) -> str:
         if layer not in LAYERS:
             raise ValueError(f"unknown layer {layer!r}; expected one of {LAYERS}")
@@ -262,6 +331,8 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             if value is not None:
                 out[env_key(name)] = str(value).lower() if isinstance(value, bool) else str(value)
+            elif name in ROLE_CREDENTIAL_FIELDS:
+                out[env_key(name)] = ""  # unset there too, over the state folder's generated pairs
         return out
 
     def redacted(self) -> dict[str, str]:
@@ -285,6 +356,20 @@ def _field_from_loc(loc: tuple[Any, ...], message: str) -> str:
     return "config"
 
 
+def _generated_secrets(file_values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """What ``stack up`` generated into the state folder's secrets (tasks/stack_secrets.py): the
+    lowest layer, under the file, the environment and explicit overrides."""
+    from tasks.stack_secrets import read_values
+
+    given = {k.lower(): v for k, v in {**file_values, **overrides}.items()}
+    state = given.get("state_dir") or os.environ.get(env_key("state_dir")) or ".lakehouse"
+    try:
+        generated = read_values(Path(state).expanduser().absolute())
+    except ValueError as exc:
+        raise SettingsError(env_key("state_dir"), str(exc)) from None
+    return {k: v for k, v in generated.items() if k in Settings.model_fields}
+
+
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
     """Build the Settings from a TOML file, the environment and explicit overrides.
 
@@ -304,7 +389,7 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
         unknown = sorted(set(k.lower() for k in file_values) - set(Settings.model_fields))
         if unknown:
             raise SettingsError(f"{path}:{unknown[0]}", "unknown setting")
-    values = {**file_values, **overrides}
+    values = {**_generated_secrets(file_values, overrides), **file_values, **overrides}
     try:
         return Settings(**values)
     except ValidationError as exc:

@@ -26,7 +26,7 @@ def check_increment(settings: Settings, increment: Increment) -> DataFrame:
     One partition: on Ray every later join, groupby or window over the many partitions of a
     collected scan shuffles them (seconds each on a small box), while over one partition it runs
     in a single task. Validation itself still runs in parallel."""
-    bronze = read_bronze_increment(increment, io_config(settings))
+    bronze = read_bronze_increment(increment, io_config(settings, "silver"))
     return daft.from_arrow(silver.validate(bronze, settings.silver_max_value_bytes).to_arrow())
 
 
@@ -56,10 +56,10 @@ def new_facts(settings: Settings, checked: DataFrame) -> NewFacts:
     arrived = silver.arrivals(candidates).collect()
     drop = silver.later_copies(arrived).collect()
     batch = silver.without(arrived, drop).collect()
-    facts_table = ensure_table(open_catalog(settings), settings, SILVER_FACT_CONVERSIONS)
+    facts_table = ensure_table(open_catalog(settings, "silver"), settings, SILVER_FACT_CONVERSIONS)
     days = [d for d in batch.select("event_date").distinct().to_pydict()["event_date"] if d is not None]
     # the arrival order needs the stored row's topic too: (timestamp, topic, partition, offset)
-    history = read_days(facts_table, days, list(silver.ARRIVAL_COLUMNS), io_config(settings))
+    history = read_days(facts_table, days, list(silver.ARRIVAL_COLUMNS), io_config(settings, "silver"))
     replaced_ids: list[str] = []
     if history is not None:
         # one join against history (five narrow columns); its small result serves both outputs
@@ -80,10 +80,10 @@ def rebuilt_user_versions(settings: Settings, checked: DataFrame, users: list[st
     their versions as they are (see ``silver.disrupted_users``); the others are rebuilt from every
     fact they have, so the result never depends on arrival order or batching.
     """
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "silver")
     dim_table = ensure_table(catalog, settings, SILVER_DIM_USERS)
     versions = read_users(dim_table, users, ["user_id", "user_plan", "user_country", "valid_from", "valid_to"],
-                          io_config(settings))
+                          io_config(settings, "silver"))
     rebuild = users
     if versions is not None and users:
         rebuild = sorted(silver.disrupted_users(silver.valid(checked), versions).to_pydict()["user_id"])
@@ -91,6 +91,6 @@ def rebuilt_user_versions(settings: Settings, checked: DataFrame, users: list[st
     if not rebuild or facts_table.current_snapshot() is None:
         return pa.table({name: pa.array([], pa.null()) for name in silver.DIM_USER_COLUMNS}), rebuild
     wanted = daft.from_arrow(pa.table({"user_id": pa.array(rebuild, pa.string())}))
-    events = silver.events_of(daft.read_iceberg(facts_table, io_config=io_config(settings)), wanted)
+    events = silver.events_of(daft.read_iceberg(facts_table, io_config=io_config(settings, "silver")), wanted)
     # the windows run over one in-memory partition: over the scan's partitions Ray shuffles them
     return silver.user_versions(daft.from_arrow(events.to_arrow())).to_arrow(), rebuild

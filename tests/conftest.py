@@ -10,12 +10,26 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 STACK_CONFIG = ROOT / "infra" / "stack.toml"
 
-# Flows called in-process report to the stack's Prefect server, never to an ephemeral one.
-os.environ.setdefault("PREFECT_API_URL", "http://127.0.0.1:4200/api")
-# Ray reads its auth mode once, when it is first imported (Daft may import it early): this test
-# process joins the stack's head with the head's token (infra/services.ray_env writes it).
-os.environ.setdefault("RAY_AUTH_MODE", "token")
-os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(ROOT / ".lakehouse" / "run" / "ray-auth-token"))
+
+
+def _stack_client_env() -> None:
+    """The stack's secrets exist before anything reads them (``stack up`` makes the same ones,
+    idempotently), and this process is a client of the stack like any `lakehouse` command: flows
+    called in-process report to the stack's Prefect server with its basic auth, never to an
+    ephemeral server; Ray, read once when first imported (Daft may import it early), joins the
+    head with its token, on loopback."""
+    from infra.services import prefect_env, ray_env
+    from tasks.settings import Settings, load_settings
+    from tasks.stack_secrets import generate
+
+    generate(ROOT / ".lakehouse", list(Settings.model_fields))
+    settings = load_settings(STACK_CONFIG, state_dir=str(ROOT / ".lakehouse"))
+    for key, value in {**ray_env(settings), **prefect_env(settings)}.items():
+        if key != "PREFECT_HOME":
+            os.environ.setdefault(key, value)
+
+
+_stack_client_env()
 
 
 # Modules that stop the Ray head run last, in this order: Ray ends a driver whose head goes away,

@@ -53,7 +53,7 @@ def list_files(location: str, settings: Settings) -> list[StoredFile]:
         bucket, prefix = _split_s3(root)
         prefix = f"{prefix}/" if prefix else ""
         out = []
-        paginator = s3_client(settings).get_paginator("list_objects_v2")
+        paginator = s3_client(settings, "maintenance").get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 if obj["Key"].endswith("/"):
@@ -98,7 +98,7 @@ def delete_files(uris: Iterable[str], settings: Settings) -> list[str]:
     if remote:
         from tasks.catalog import s3_client
 
-        client = s3_client(settings)
+        client = s3_client(settings, "maintenance")
         for bucket, keys in remote.items():
             for start in range(0, len(keys), 1000):
                 chunk = keys[start:start + 1000]

@@ -12,8 +12,7 @@ import json
 import math
 import re
 import sys
-import uuid
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pyarrow as pa
@@ -51,7 +50,14 @@ DIRECTIONS = ("to_roman", "from_roman")
 ERROR_CODES = ("INVALID_NUMERAL", "OUT_OF_RANGE", "MALFORMED_REQUEST")
 ENDPOINTS = {"to_roman": "/v1/to-roman", "from_roman": "/v1/from-roman"}
 FAILURE_STATUSES = (400, 422)
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
+# Always fullmatch: in Python ``$`` also matches before a final newline ("DE\n" passed ``^[A-Z]{2}$``).
+_COUNTRY = re.compile(r"[A-Z]{2}")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# RFC 3339 date-time: datetime.fromisoformat alone also takes ISO 8601 forms the contract doesn't
+# (20241225T101530Z, 2024-W52-3T10:15Z, 10:15Z without seconds, +0100, +01, +01:00:30, a comma fraction).
+_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:Z|[+-][0-9]{2}:[0-9]{2})")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_BOM = b"\xef\xbb\xbf"
 
 # Output fields of a checked event, in order, with their Arrow types.
 PARSED_TYPE = pa.struct(
@@ -149,6 +155,27 @@ def _finite(value: int | float) -> float | None:
     return number + 0.0 if math.isfinite(number) else None
 
 
+class _NonFiniteLiteral(ValueError):
+    """NaN, Infinity or -Infinity in a value: Python's json reads them, JSON (RFC 8259) has no such literal."""
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NonFiniteLiteral(name)
+
+
+_STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
+def _text(value: bytes) -> str:
+    """A value as the contract's UTF-8 text, a leading BOM skipped (RFC 8259 8.1 allows that).
+
+    Never ``json.loads(bytes)``: it guesses UTF-16 and UTF-32 too, and decodes invalid UTF-8 surrogate
+    bytes (ED A0 80) with 'surrogatepass', so such values passed as valid events. Raises
+    UnicodeDecodeError (a ValueError) on anything that is not UTF-8.
+    """
+    return (value[3:] if value[:3] == _BOM else value).decode("utf-8")
+
+
 def check_event(value: bytes | None, kafka_timestamp_us: int | None, max_value_bytes: int) -> dict[str, Any]:
     """Typed fields plus ``reason_codes`` (empty when valid) and a human ``reject_detail``."""
     if value is None:
@@ -157,8 +184,14 @@ def check_event(value: bytes | None, kafka_timestamp_us: int | None, max_value_b
         return _empty(f"value is {len(value)} bytes, over the {max_value_bytes}-byte limit", "OVERSIZED")
     if not value:
         return _empty("empty value", "MALFORMED_JSON")
+    non_finite_literal = False
     try:
-        doc = json.loads(value)
+        text = _text(value)
+        try:
+            doc = _STRICT_JSON.decode(text)
+        except _NonFiniteLiteral:  # read it anyway, to type the other fields; rejected below
+            non_finite_literal = True
+            doc = json.loads(text)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         return _empty(f"not valid JSON: {str(exc)[:120]}", "MALFORMED_JSON")
     if not isinstance(doc, dict):
@@ -215,18 +248,18 @@ def check_event(value: bytes | None, kafka_timestamp_us: int | None, max_value_b
             field_value = latency
         out[name] = field_value
 
-    if out["event_id"] is not None:
-        try:
-            uuid.UUID(out["event_id"])
-        except ValueError:
-            reject("BAD_TYPE", f"event_id {out['event_id'][:40]!r} is not a UUID")
-            out["event_id"] = None
+    # The 8-4-4-4-12 hex text, as the fast paths require: uuid.UUID() also took "urn:uuid:...",
+    # "{...}", no hyphens, and (through int(..., 16)) a sign, underscores or spaces.
+    if out["event_id"] is not None and not _UUID.fullmatch(out["event_id"]):
+        reject("BAD_TYPE", f"event_id {out['event_id'][:40]!r} is not a UUID")
+        out["event_id"] = None
 
     occurred = doc.get("occurred_at")
     if occurred is not None:
         parsed = _parse_time(occurred)
         if parsed is None:
-            reject("BAD_TYPE", f"occurred_at {str(occurred)[:40]!r} is not RFC 3339 with an offset")
+            reject("BAD_TYPE", f"occurred_at {str(occurred)[:40]!r} is not an RFC 3339 time with an offset "
+                               "(in UTC years 1..9999)")
         else:
             out["occurred_at_us"] = parsed
     elif "occurred_at" in doc:
@@ -235,6 +268,8 @@ def check_event(value: bytes | None, kafka_timestamp_us: int | None, max_value_b
     _check_enums(out, reject)
     _check_consistency(out, reject)
 
+    if non_finite_literal and "NON_FINITE_NUMBER" not in reasons:  # one in any member, an extra one too
+        reject("NON_FINITE_NUMBER", "a NaN or Infinity literal, which is not JSON")
     if out["latency_ms"] is not None and out["latency_ms"] < 0:
         reject("NEGATIVE_LATENCY", f"latency_ms {out['latency_ms']} < 0")
     if out["occurred_at_us"] is not None and kafka_timestamp_us is not None:
@@ -249,17 +284,21 @@ def check_event(value: bytes | None, kafka_timestamp_us: int | None, max_value_b
 
 
 def _parse_time(text: Any) -> int | None:
-    if not isinstance(text, str) or "T" not in text:
+    """Microseconds since the epoch of an RFC 3339 date-time with an offset (a longer fraction is
+    truncated); None for anything else, and for an instant outside years 1..9999 in UTC, which no
+    Python datetime holds (readers of the facts would fail on it).
+
+    Exact integer arithmetic: the float ``timestamp()`` truncated toward zero put a fraction of a
+    second before 1970 one second late (1969-12-31T23:59:59.5Z became 1970-01-01T00:00:00.5Z).
+    """
+    if not isinstance(text, str) or not _RFC3339.fullmatch(text):
         return None
     try:
         moment = datetime.fromisoformat(text)
-    except ValueError:
+        moment.astimezone(timezone.utc)  # OverflowError beyond 0001-01-01 or 9999-12-31 in UTC
+    except (ValueError, OverflowError):
         return None
-    if moment.tzinfo is None:
-        return None
-    return int(moment.timestamp() * 1_000_000) if moment.microsecond == 0 else (
-        int(moment.timestamp()) * 1_000_000 + moment.microsecond
-    )
+    return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
 def _check_enums(out: dict[str, Any], reject) -> None:
@@ -267,7 +306,7 @@ def _check_enums(out: dict[str, Any], reject) -> None:
         reject("BAD_ENUM", f"event_type {out['event_type'][:40]!r}")
     if out["user_plan"] is not None and out["user_plan"] not in PLANS:
         reject("BAD_ENUM", f"user_plan {out['user_plan'][:40]!r}")
-    if out["user_country"] is not None and not _COUNTRY.match(out["user_country"]):
+    if out["user_country"] is not None and not _COUNTRY.fullmatch(out["user_country"]):
         reject("BAD_ENUM", f"user_country {out['user_country'][:40]!r} is not ISO 3166-1 alpha-2")
     if out["direction"] is not None and out["direction"] not in DIRECTIONS:
         reject("BAD_ENUM", f"direction {out['direction'][:40]!r}")
@@ -292,7 +331,10 @@ def _check_consistency(out: dict[str, Any], reject) -> None:
             reject("INCONSISTENT_ERROR", f"success with http_status {out['http_status']}")
         if out["direction"] is not None and out["input"] is not None:
             right = expected_output(out["direction"], out["input"])
-            if out["output"] != right:
+            if right is None:  # a success with a null output for an input no call can answer passed
+                reject("WRONG_CONVERSION",
+                       f"success for {out['direction']}({out['input'][:40]!r}), which has no right answer")
+            elif out["output"] != right:
                 reject("WRONG_CONVERSION",
                        f"{out['direction']}({out['input'][:40]!r}) answered {str(out['output'])[:40]!r}, "
                        f"expected {right!r}")
@@ -319,7 +361,6 @@ def _numeral_value(direction: str | None, text: str | None) -> int | None:
 # building is ~4x cheaper; anything the fast path doesn't accept gets the full check above,
 # which is the single source of the reason codes.
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _REQUIRED_V1_SET = frozenset(REQUIRED_V1)
 _REQUIRED_V2_SET = frozenset(REQUIRED_V1 + REQUIRED_V2)
 _PLAN_SET = frozenset(PLANS)
@@ -359,12 +400,13 @@ def _fast_valid(doc: dict, kafka_us: int | None) -> tuple | None:
         or type(latency) not in (float, int) or not 0 <= latency <= _MAX_DOUBLE
         or (user is not None and (type(user) is not str or not _is_text(user)))
         or (plan is not None and (type(plan) is not str or plan not in _PLAN_SET))
-        or (country is not None and (type(country) is not str or not _COUNTRY.match(country)))
+        or (country is not None and (type(country) is not str or not _COUNTRY.fullmatch(country)))
         or (client is not None and (type(client) is not str or not _is_text(client)))
     ):
         return None
     if success:
-        if error is not None or status != 200 or output != expected_output(direction, text):
+        right = expected_output(direction, text)
+        if error is not None or status != 200 or right is None or output != right:
             return None
     elif (type(error) is not str or error not in _ERROR_SET or status not in FAILURE_STATUSES
           or output is not None):
@@ -383,12 +425,12 @@ def check_events(values: list, kafka_us: list, max_value_bytes: int) -> list[tup
     """``check_event`` over a batch, as tuples in FIELDS order."""
     out = []
     append = out.append
-    loads = json.loads
+    loads = _STRICT_JSON.decode  # a NaN or Infinity anywhere, or non-UTF-8 bytes: check_event decides
     for value, ts in zip(values, kafka_us):
         row = None
         if value and len(value) <= max_value_bytes:
             try:
-                doc = loads(value)
+                doc = loads(_text(value))
             except (ValueError, RecursionError):
                 doc = None
             if type(doc) is dict:
@@ -574,8 +616,8 @@ def _first_offset(values: pa.Array) -> int:
 
 def _utc_micros(text: pa.Array) -> pa.Array:
     """Microseconds since the epoch of shaped UTC times, as ``_parse_time`` gives them; null when
-    datetime.fromisoformat would refuse one (an impossible date or time), and before 1970 (where
-    ``_parse_time`` truncates toward zero)."""
+    datetime.fromisoformat would refuse one (an impossible date or time), and before 1970 (rare: the
+    per-row check decides those, year 0000 among them, which Arrow takes and Python refuses)."""
     try:
         micros = pc.cast(text, pa.timestamp("us", "UTC")).cast(pa.int64())
     except pa.ArrowInvalid:  # Arrow refuses an impossible date or time (Feb 30, 24:00, :60): one by one

@@ -41,7 +41,7 @@ def catalog_env(request, tmp_path, monkeypatch):
         settings = load_settings(profile="embedded", state_dir=str(tmp_path / "state"))
     else:
         settings = request.getfixturevalue("stack_settings")
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "ingest")
     namespace = f"contract_{uuid.uuid4().hex[:8]}"
     catalog.create_namespace(namespace, {"location": f"{settings.layer_location('bronze')}/{namespace}"})
     yield catalog, settings, namespace
@@ -112,7 +112,7 @@ def test_concurrent_appends_from_two_handles_both_survive(catalog_env):
     _create(catalog, settings, namespace)
     ident = f"{namespace}.contract_numerals_test"
     # Two handles loaded before either commits: the second commit must not drop the first's rows.
-    handles = [open_catalog(settings).load_table(ident) for _ in range(2)]
+    handles = [open_catalog(settings, "ingest").load_table(ident) for _ in range(2)]
     errors: list[BaseException] = []
     barrier = threading.Barrier(2)
 

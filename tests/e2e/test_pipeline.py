@@ -74,7 +74,7 @@ def test_produce_ingest_promote_build_accounts_for_every_record(e2e_settings):
     ingested = ingest_flow(settings=settings, max_records=2500, max_batches=10)
     assert ingested["total_records"] == sent.events and ingested["lag_left"] == 0
 
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "serving")
     assert catalog.load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier).scan().to_arrow().num_rows == sent.events
 
     report = silver_flow(settings=settings)
@@ -101,7 +101,7 @@ def test_produce_ingest_promote_build_accounts_for_every_record(e2e_settings):
 
     from tasks.verify import verify
 
-    reconciled = verify(open_catalog(settings), settings)
+    reconciled = verify(open_catalog(settings, "serving"), settings)
     assert reconciled.ok, reconciled.first_failure
     accounted = reconciled.check("silver.records_accounted")
     assert accounted.ok and not accounted.warning, accounted.detail

@@ -40,7 +40,7 @@ def test_ingest_retries_through_a_broker_restart_without_loss_or_duplicates(stac
         stack.up(["kafka"])
     assert report["total_records"] == sent.events
 
-    rows = open_catalog(settings).load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier).scan(
+    rows = open_catalog(settings, "serving").load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier).scan(
         row_filter=f"topic == '{topic}'").to_arrow()
     keys = list(zip(rows.column("partition").to_pylist(), rows.column("offset").to_pylist()))
     assert len(keys) == len(set(keys)) == sent.events

@@ -27,7 +27,7 @@ def private(tmp_path, monkeypatch, stack_settings):
         monkeypatch.setenv(key, value)
     settings = load_settings()
     (tmp_path / "warehouse").mkdir()
-    ensure_namespaces(open_catalog(settings), settings)
+    ensure_namespaces(open_catalog(settings, "admin"), settings)
     return settings
 
 
@@ -103,7 +103,7 @@ def _delete_buckets(settings: Settings) -> None:
     from tasks.catalog import s3_client
     from tasks.settings import LAYERS
 
-    client = s3_client(settings)
+    client = s3_client(settings, "admin")
     for layer in LAYERS:
         bucket = settings.bucket(layer)
         try:
@@ -149,14 +149,14 @@ def private_stack_lakehouse(stack_settings: Settings, folder: Path) -> Iterator[
         "ray_address": "auto",
         # its own warm Daft host (named by catalog_tag): let it go soon after the test
         "daft_host_idle_seconds": 15.0,
-    })
+    }).without_role_credentials()  # its buckets are its own: the per-role identities don't cover them
     folder.mkdir(parents=True, exist_ok=True)
     process = None
     try:
         ensure_buckets(settings)
         process = _start_rest_catalog(settings, folder / "iceberg-rest")
         _CATALOGS[settings.catalog_uri] = (process, folder / "iceberg-rest")
-        ensure_namespaces(open_catalog(settings), settings)
+        ensure_namespaces(open_catalog(settings, "admin"), settings)
         ensure_topic(settings, settings.kafka_topic, partitions=3)
         yield settings
     finally:

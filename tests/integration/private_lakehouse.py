@@ -37,9 +37,9 @@ def s3_lake(stack_settings, tmp_path, name: str, topic: str | None = None):
     settings = stack_settings.model_copy(update={
         "catalog_type": "sql", "catalog_uri": f"sqlite:///{tmp_path / f'{name}-catalog.db'}",
         "bucket_prefix": f"lakehouse-{name}", "kafka_topic": topic or stack_settings.kafka_topic,
-    })
+    }).without_role_credentials()  # its buckets are its own: the per-role identities don't cover them
     ensure_buckets(settings)
-    ensure_namespaces(open_catalog(settings), settings)
+    ensure_namespaces(open_catalog(settings, "admin"), settings)
     if topic is not None:
         ensure_topic(settings, topic, partitions=3)
     return settings
@@ -49,9 +49,13 @@ def lake_environment(settings) -> dict[str, str]:
     """The environment of a `lakehouse` subprocess working on an ``s3_lake``."""
     from tests.conftest import stack_environment
 
+    from tasks.settings import ROLE_CREDENTIAL_FIELDS, env_key
+
     return {**stack_environment(), "LAKEHOUSE_CATALOG_TYPE": settings.catalog_type,
             "LAKEHOUSE_CATALOG_URI": settings.catalog_uri, "LAKEHOUSE_BUCKET_PREFIX": settings.bucket_prefix,
-            "LAKEHOUSE_KAFKA_TOPIC": settings.kafka_topic}
+            "LAKEHOUSE_KAFKA_TOPIC": settings.kafka_topic,
+            # every role on the single pair, over the stack's generated ones (see s3_lake)
+            **{env_key(f): "" for f in ROLE_CREDENTIAL_FIELDS}}
 
 
 def make_event(n: int, *, occurred: datetime = NOW - timedelta(minutes=5), user: str | None = "u-1",
@@ -71,7 +75,7 @@ def make_event(n: int, *, occurred: datetime = NOW - timedelta(minutes=5), user:
 
 def land_in_bronze(settings, values: list[bytes | None], at: datetime = NOW) -> None:
     """Append records to bronze as the ingest would, continuing partition 0's offsets."""
-    table = ensure_table(open_catalog(settings), settings, BRONZE_CONVERSION_EVENTS_RAW)
+    table = ensure_table(open_catalog(settings, "ingest"), settings, BRONZE_CONVERSION_EVENTS_RAW)
     expected = latest_offsets(table)
     start = expected.get("t", {}).get(0, 0)
     columns = RecordColumns(

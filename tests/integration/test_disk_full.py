@@ -65,7 +65,7 @@ def lake_on_disk(small_disk, monkeypatch):
         monkeypatch.setenv(key, value)
     settings = load_settings()
     (small_disk / "warehouse").mkdir()
-    ensure_namespaces(open_catalog(settings), settings)
+    ensure_namespaces(open_catalog(settings, "admin"), settings)
     return settings
 
 
@@ -89,7 +89,7 @@ def fill(where: Path, leave: int) -> Path:
 
 def assert_every_snapshot_reads(settings) -> None:
     """No committed snapshot of any table references a missing file, and each one reads."""
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "serving")
     for spec in ALL_TABLES:
         try:
             table = catalog.load_table(spec.identifier)
@@ -155,7 +155,7 @@ def test_disk_full_during_ingest_fails_clearly_then_the_rerun_lands_every_record
     ensure_topic(settings, settings.kafka_topic, partitions=3)
     try:
         sent = _produce_big_records(settings, count=180, size=128 * 1024)  # 22.5 MiB of values
-        ensure_table(open_catalog(settings), settings, BRONZE_CONVERSION_EVENTS_RAW)
+        ensure_table(open_catalog(settings, "ingest"), settings, BRONZE_CONVERSION_EVENTS_RAW)
         filler = fill(small_disk, leave=12 * MB)  # room for the first batch of 60 records, not the second
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_")},
                **private_env(small_disk), "LAKEHOUSE_KAFKA_TOPIC": settings.kafka_topic,
@@ -171,14 +171,14 @@ def test_disk_full_during_ingest_fails_clearly_then_the_rerun_lands_every_record
         assert "Retry 1/" not in failed.stderr and seconds < 120, "a full disk is not transient: no retries"
 
         assert_every_snapshot_reads(settings)
-        table = open_catalog(settings).load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier)
+        table = open_catalog(settings, "serving").load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier)
         landed = table.scan().to_arrow()
         assert 0 < landed.num_rows < len(sent)  # the first batches committed, the rest did not
 
         filler.unlink()
         report = ingest_flow(max_batches=1_000_000, settings=settings)
         assert report["lag_left"] == 0
-        rows = open_catalog(settings).load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier).scan().to_arrow()
+        rows = open_catalog(settings, "serving").load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier).scan().to_arrow()
         keys = list(zip(rows.column("partition").to_pylist(), rows.column("offset").to_pylist()))
         assert len(keys) == len(set(keys)) == len(sent), "lost or duplicated records"
         assert dict(zip(keys, rows.column("value").to_pylist())) == sent  # byte for byte
@@ -202,7 +202,7 @@ def test_disk_full_during_silver_commit_fails_clearly_then_the_rerun_promotes_ev
     land_in_bronze(settings, FIRST)
     silver_flow(settings=settings)  # the silver tables exist and hold the first batch
     land_in_bronze(settings, SECOND)
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "serving")
     before = {spec.identifier: catalog.load_table(spec.identifier).current_snapshot().snapshot_id
               for spec in (SILVER_FACT_CONVERSIONS, SILVER_CONVERSION_EVENTS_REJECTED)}
 
@@ -212,14 +212,14 @@ def test_disk_full_during_silver_commit_fails_clearly_then_the_rerun_promotes_ev
         silver_flow(settings=settings)
     assert time.monotonic() - began < 120
     assert NO_SPACE in str(failure.value) and str(small_disk / "warehouse") in str(failure.value), str(failure.value)
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "serving")
     assert {name: catalog.load_table(name).current_snapshot().snapshot_id for name in before} == before
     assert_every_snapshot_reads(settings)
 
     filler.unlink()
     report = silver_flow(settings=settings)
     assert (report["facts"], report["rejected"], report["duplicates_dropped"]) == (40, 2, 2)
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "serving")
     facts = catalog.load_table(SILVER_FACT_CONVERSIONS.identifier).scan().to_arrow().column("event_id").to_pylist()
     expected = {json.loads(v)["event_id"] for v in FIRST + SECOND if v.startswith(b"{\"")}
     assert sorted(facts) == sorted(expected)  # each well-formed event once

@@ -61,7 +61,7 @@ def _plan_metrics_truth() -> dict[tuple, int]:
 
 
 def _plan_metrics(settings) -> dict[tuple, int]:
-    rows = open_catalog(settings).load_table(GOLD_DAILY_PLAN_METRICS.identifier).scan().to_arrow().to_pylist()
+    rows = open_catalog(settings, "serving").load_table(GOLD_DAILY_PLAN_METRICS.identifier).scan().to_arrow().to_pylist()
     return {(r["event_date"].isoformat(), r["user_plan"]): r["requests"] for r in rows}
 
 
@@ -71,7 +71,7 @@ def test_gold_between_silver_commits_then_the_chain_equals_a_clean_run(private, 
     (clean_dir / "warehouse").mkdir(parents=True)
     clean = private.model_copy(update={"catalog_uri": f"sqlite:///{clean_dir / 'catalog.db'}",
                                        "warehouse": (clean_dir / "warehouse").as_uri()})
-    ensure_namespaces(open_catalog(clean), clean)
+    ensure_namespaces(open_catalog(clean, "admin"), clean)
     for lake in (private, clean):
         land_in_bronze(lake, FIRST)
         _silver(lake)
@@ -93,5 +93,5 @@ def test_gold_between_silver_commits_then_the_chain_equals_a_clean_run(private, 
     assert snapshot_of_gold(private) == snapshot_of_gold(clean)
     from tasks.verify import verify
 
-    reconciled = verify(open_catalog(private), private)
+    reconciled = verify(open_catalog(private, "serving"), private)
     assert reconciled.ok, reconciled.first_failure

@@ -108,7 +108,7 @@ def _gold_counts(gold: dict[str, list[dict]]) -> tuple[dict, dict]:
 
 
 def _watermarks(settings) -> dict[str, int | None]:
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "serving")
     return {spec.identifier: upstream_snapshot(catalog.load_table(spec.identifier), SILVER_FACT_CONVERSIONS.identifier)
             for spec in GOLD_TABLES}
 
@@ -137,14 +137,14 @@ def lake(stack_settings, tmp_path_factory):
             patch.setenv(key, value)
         settings = load_settings()
         (folder / "warehouse").mkdir(parents=True)
-        ensure_namespaces(open_catalog(settings), settings)
+        ensure_namespaces(open_catalog(settings, "admin"), settings)
         land_in_bronze(settings, FIRST)
         _silver(settings)
         _gold(settings)
         built = _watermarks(settings)
         land_in_bronze(settings, SECOND)
         _silver(settings)
-        head = open_catalog(settings).load_table(SILVER_FACT_CONVERSIONS.identifier).current_snapshot().snapshot_id
+        head = open_catalog(settings, "serving").load_table(SILVER_FACT_CONVERSIONS.identifier).current_snapshot().snapshot_id
         shutil.copytree(folder, template)
         report = _gold(settings)
         assert report["silver_to"] == head and set(report["committed"]) == {t.identifier for t in GOLD_TABLES}
@@ -199,5 +199,5 @@ def test_sigkill_during_gold_then_rerun_equals_a_clean_build(lake, point):
     from tasks.catalog import open_catalog
     from tasks.verify import verify
 
-    reconciled = verify(open_catalog(settings), settings)
+    reconciled = verify(open_catalog(settings, "serving"), settings)
     assert reconciled.ok, reconciled.first_failure

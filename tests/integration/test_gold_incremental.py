@@ -31,7 +31,7 @@ def run_silver_and_gold(settings, full: bool = False) -> dict:
 
 def snapshot_of_gold(settings) -> dict[str, list[dict]]:
     """Every gold table's rows in a canonical order (floats rounded: sums may reassociate)."""
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "serving")
     out = {}
     for spec in GOLD_TABLES:
         rows = catalog.load_table(spec.identifier).scan().to_arrow().to_pylist()
@@ -43,7 +43,7 @@ def snapshot_of_gold(settings) -> dict[str, list[dict]]:
 def summary_in_plain_python(settings) -> list[dict]:
     """gold.user_activity_summary computed straight from silver's rows, without Daft and without
     gold.user_daily_activity, which both builds aggregate the summary from."""
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "serving")
     facts = catalog.load_table(SILVER_FACT_CONVERSIONS.identifier).scan().to_arrow().to_pylist()
     current = {r["user_id"]: r for r in catalog.load_table(SILVER_DIM_USERS.identifier).scan().to_arrow().to_pylist()
                if r["is_current"]}

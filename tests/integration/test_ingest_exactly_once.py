@@ -30,7 +30,7 @@ def topic_settings(stack_settings, tmp_path):
 
 
 def bronze_rows(settings):
-    table = open_catalog(settings).load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier)
+    table = open_catalog(settings, "serving").load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier)
     rows = table.scan(row_filter=f"topic == '{settings.kafka_topic}'").to_arrow()
     return rows
 
@@ -129,7 +129,7 @@ def test_snapshot_summary_holds_offsets_run_id_and_report(topic_settings):
 
     produce(topic_settings, TrafficProfile(events=500, seed=3, malformed_rate=0, end=RECENT))
     report = ingest_flow(settings=topic_settings)
-    table = open_catalog(topic_settings).load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier)
+    table = open_catalog(topic_settings, "serving").load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier)
     summary = table.snapshot_by_id(report["snapshot_id"]).summary.additional_properties
     assert decode_offsets(summary[OFFSETS_KEY])[topic_settings.kafka_topic] == {
         int(p): o for p, o in report["offsets_to"].items()}
@@ -198,7 +198,7 @@ def test_transactional_producer_racing_ingest_runs_lands_exactly_the_committed_r
     from tasks.verify import KafkaGapProbe, verify
 
     # markers and aborted transactions leave gaps: the broker confirms each holds no committed record
-    reconciled = verify(open_catalog(topic_settings), topic_settings, layers=("bronze",), strict=True,
+    reconciled = verify(open_catalog(topic_settings, "serving"), topic_settings, layers=("bronze",), strict=True,
                         kafka=KafkaGapProbe.from_settings(topic_settings))
     assert reconciled.ok, reconciled.first_failure
 
@@ -244,7 +244,7 @@ def test_records_deleted_before_ingest_stop_it_loudly_until_an_audited_reset(top
     reset = json.loads(done.stdout)
     [decision] = reset["decisions"]
     assert (decision["from_offset"], decision["to_offset"], decision["skipped"]) == (30, 40, 10)
-    table = open_catalog(topic_settings).load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier)
+    table = open_catalog(topic_settings, "serving").load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier)
     summary = table.snapshot_by_id(reset["snapshot_id"]).summary.additional_properties
     assert json.loads(summary[RESET_KEY])[0]["reason"] == "retention ran before ingest (test)"
     assert latest_offsets(table)[topic_settings.kafka_topic][0] == 40

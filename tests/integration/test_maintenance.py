@@ -42,7 +42,7 @@ def rows(table, day: date, start: int, n: int = 5) -> pa.Table:
 
 def table_with_small_files(settings, appends: int = 6):
     """A day-partitioned gold table after ``appends`` appends, each adding one file to each of two days."""
-    table = ensure_table(open_catalog(settings), settings, GOLD_DAILY_PLAN_METRICS)
+    table = ensure_table(open_catalog(settings, "gold"), settings, GOLD_DAILY_PLAN_METRICS)
     for i in range(appends):
         table.append(pa.concat_tables([rows(table, day, i * 10) for day in DAYS]))
     return table
@@ -94,7 +94,7 @@ def test_an_append_that_commits_during_compaction_is_kept_once(private):
     settings = tuned(private)
     table = table_with_small_files(settings)
     before = row_checksum(table.scan().to_arrow())
-    other = open_catalog(settings).load_table(GOLD_DAILY_PLAN_METRICS.identifier)  # another writer's handle
+    other = open_catalog(settings, "gold").load_table(GOLD_DAILY_PLAN_METRICS.identifier)  # another writer's handle
     appended = pa.concat_tables([rows(other, DAYS[0], 1000), rows(other, date(2024, 3, 3), 2000)])
     fired = []
 
@@ -224,7 +224,7 @@ def test_on_s3_expiry_and_orphans_list_and_delete_objects(stack_settings, tmp_pa
                      maintenance_keep_last_snapshots=1)
     prefix = f"maintenance-tests/{uuid.uuid4().hex}"
     location = f"s3://{settings.bucket('gold')}/{prefix}/t"
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "maintenance")
     catalog.create_namespace("maint")
     schema = Schema(NestedField(1, "id", LongType(), required=False), NestedField(2, "name", StringType(), required=False))
     table = catalog.create_table("maint.t", schema=schema, location=location,
@@ -260,7 +260,7 @@ def test_expiry_keeps_what_a_downstream_table_has_not_promoted(private):
     settings = tuned(private, maintenance_keep_last_snapshots=1)
     upstream = table_with_small_files(settings, appends=5)
     ids = [s.snapshot_id for s in upstream.metadata.snapshots]
-    downstream = ensure_table(open_catalog(settings), settings, GOLD_DAILY_CONVERSION_METRICS)
+    downstream = ensure_table(open_catalog(settings, "gold"), settings, GOLD_DAILY_CONVERSION_METRICS)
     downstream.append(pa.Table.from_pylist([{"event_date": DAYS[0]}], schema=downstream.schema().as_arrow()),
                       snapshot_properties={upstream_key(GOLD_DAILY_PLAN_METRICS.identifier): str(ids[1])})
     marks = downstream_watermarks([upstream, downstream.refresh()])

@@ -51,7 +51,7 @@ class Backend:
     def create_table(self, **properties: str):
         """A fresh gold-shaped table (identity-partitioned by event_date) at this backend's location."""
         spec = GOLD_DAILY_PLAN_METRICS
-        return open_catalog(self.settings).create_table(
+        return open_catalog(self.settings, "maintenance").create_table(
             self.identifier, schema=spec.schema, partition_spec=spec.partition_spec, location=self.location,
             properties={**spec.properties, **properties})
 
@@ -59,7 +59,7 @@ class Backend:
         """Every object under the table's location with its last-modified time (ms), from the store itself."""
         if self.location.startswith("s3://"):
             bucket, _, prefix = self.location.removeprefix("s3://").partition("/")
-            pages = s3_client(self.settings).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
+            pages = s3_client(self.settings, "maintenance").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
             return {f"s3://{bucket}/{o['Key']}": int(o["LastModified"].timestamp() * 1000)
                     for page in pages for o in page.get("Contents", [])}
         root = Path(normalize(self.location))
@@ -70,7 +70,7 @@ class Backend:
         uri = normalize(f"{self.location}/{relative}")
         if uri.startswith("s3://"):
             bucket, _, key = uri.removeprefix("s3://").partition("/")
-            s3_client(self.settings).put_object(Bucket=bucket, Key=key, Body=data)
+            s3_client(self.settings, "maintenance").put_object(Bucket=bucket, Key=key, Body=data)
         else:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
             Path(uri).write_bytes(data)
@@ -78,13 +78,13 @@ class Backend:
 
     def remove_all(self) -> None:
         try:
-            open_catalog(self.settings).drop_table(self.identifier)
+            open_catalog(self.settings, "admin").drop_table(self.identifier)
         except Exception:  # noqa: BLE001 - never created, or already gone
             pass
         if self.location.startswith("s3://"):
             bucket, _, prefix = self.location.removeprefix("s3://").partition("/")
             keys = [uri.removeprefix(f"s3://{bucket}/") for uri in self.objects()]
-            client = s3_client(self.settings)
+            client = s3_client(self.settings, "maintenance")
             for start in range(0, len(keys), 1000):
                 client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]]})
 
@@ -106,7 +106,7 @@ def backend(request, tmp_path, monkeypatch):
         monkeypatch.setenv("LAKEHOUSE_PROFILE", "embedded")
         monkeypatch.setenv("LAKEHOUSE_STATE_DIR", str(tmp_path / "state"))
         settings = load_settings()
-        ensure_namespaces(open_catalog(settings), settings)
+        ensure_namespaces(open_catalog(settings, "admin"), settings)
         assert settings.catalog_type == "sql" and not settings.uses_s3 and not settings.ray_address
         location = f"{settings.layer_location('gold')}/daily_plan_metrics_mt{suffix}"
     here = Backend(request.param, settings, identifier, location)

@@ -78,7 +78,7 @@ def _canonical(rows: list[dict]) -> list:
 
 def _state(settings) -> dict:
     """Per table: its rows (canonical order), live data files, and a checksum per snapshot."""
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "serving")
     out = {}
     for spec in ALL_TABLES:
         table = catalog.load_table(spec.identifier)
@@ -114,16 +114,16 @@ def lake(stack_settings, tmp_path_factory):
             patch.setenv(key, value)
         settings = load_settings()
         (folder / "warehouse").mkdir(parents=True)
-        ensure_namespaces(open_catalog(settings), settings)
+        ensure_namespaces(open_catalog(settings, "admin"), settings)
         for k in range(ROUNDS):
             land_in_bronze(settings, _batch(k))
             _silver(settings)
             _gold(settings)
         before = _state(settings)
         assert before[SILVER_FACT_CONVERSIONS.identifier]["files"] >= 2 * ROUNDS  # many small files
-        report = verify(open_catalog(settings), settings)
+        report = verify(open_catalog(settings, "serving"), settings)
         assert report.ok, report.first_failure
-        offsets = latest_offsets(open_catalog(settings).load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier))
+        offsets = latest_offsets(open_catalog(settings, "serving").load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier))
         time.sleep(1.1)  # every snapshot is older than "now" of the maintenance runs (retention 0 days)
         shutil.copytree(folder, template)
         yield Lake(settings, folder, template, before, offsets)
@@ -135,7 +135,7 @@ def _restore(lake: Lake) -> None:
 
 
 def _unreferenced(settings) -> dict[str, set[str]]:
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "serving")
     out = {}
     for spec in ALL_TABLES:
         table = catalog.load_table(spec.identifier)
@@ -154,7 +154,7 @@ def _assert_same_lakehouse(lake: Lake) -> dict:
                 assert checksum == was["snapshots"][snapshot_id], f"{name}: snapshot {snapshot_id} reads other rows"
             else:  # a compaction's snapshot: the rows the table held before maintenance
                 assert checksum == was["current"], f"{name}: compaction snapshot {snapshot_id} reads other rows"
-    report = verify(open_catalog(settings), settings)
+    report = verify(open_catalog(settings, "serving"), settings)
     assert report.ok, report.first_failure
     return after
 
@@ -191,7 +191,7 @@ def test_sigkill_during_maintenance_then_rerun_keeps_every_row_and_snapshot(lake
     from flows.gold import plan_gold
     from flows.silver import plan_silver
 
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "serving")
     assert latest_offsets(catalog.load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier)) == lake.offsets
     silver_plan = plan_silver.fn(settings, "check")
     assert silver_plan.increment is None or silver_plan.increment.files == ()

@@ -326,7 +326,7 @@ def run_chain(settings: Settings) -> dict:
 
 
 def current_snapshots(settings: Settings) -> dict[str, int | None]:
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "serving")
     out = {}
     for spec in ALL_TABLES:
         snapshot = catalog.load_table(spec.identifier).current_snapshot()
@@ -336,7 +336,7 @@ def current_snapshots(settings: Settings) -> dict[str, int | None]:
 
 def read(settings: Settings, spec, snapshots: dict[str, int | None], columns: tuple[str, ...] = ("*",)) -> list[dict]:
     """A table's rows at the snapshot a round left it at (later rounds don't change what is checked)."""
-    table = open_catalog(settings).load_table(spec.identifier)
+    table = open_catalog(settings, "serving").load_table(spec.identifier)
     snapshot_id = snapshots[spec.identifier]
     if snapshot_id is None:
         return []
@@ -358,7 +358,7 @@ def finish_round(settings: Settings, sent: int) -> Round:
     reports = run_chain(settings)
     snapshots = current_snapshots(settings)
     truth = compute_truth(read_topic(settings), settings.silver_max_value_bytes)
-    return Round(truth, sent, reports, snapshots, verify(open_catalog(settings), settings))
+    return Round(truth, sent, reports, snapshots, verify(open_catalog(settings, "serving"), settings))
 
 
 def resend(settings: Settings, records: list[Record]) -> int:
@@ -534,7 +534,7 @@ def test_round_three_with_nothing_new_commits_nothing(lake, round_two, round_thr
     assert round_three.reports["silver"]["committed"] == {}
     assert round_three.reports["gold"]["committed"] == {}
     assert round_three.snapshots == round_two.snapshots, "a run with nothing new committed a snapshot"
-    catalog = open_catalog(lake)
+    catalog = open_catalog(lake, "serving")
     for spec, key in ((BRONZE_CONVERSION_EVENTS_RAW, ("partition", "offset")), (SILVER_FACT_CONVERSIONS, ("event_id",)),
                       (SILVER_CONVERSION_EVENTS_REJECTED, ("source_partition", "source_offset")),
                       (SILVER_DIM_USERS, ("user_sk",)),
@@ -578,5 +578,5 @@ def test_an_empty_topic_commits_nothing_anywhere(private_stack):
     # load_settings() in this process (as in the CLI) finds the private lakehouse too
     assert (os.environ["LAKEHOUSE_CATALOG_URI"], os.environ["LAKEHOUSE_KAFKA_TOPIC"]) == \
         (private_stack.catalog_uri, private_stack.kafka_topic)
-    checked = verify(open_catalog(private_stack), private_stack)
+    checked = verify(open_catalog(private_stack, "serving"), private_stack)
     assert checked.ok, checked.first_failure

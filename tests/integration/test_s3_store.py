@@ -15,13 +15,13 @@ pytestmark = pytest.mark.stack
 
 
 def test_the_three_layer_buckets_exist(stack_settings):
-    names = {b["Name"] for b in s3_client(stack_settings).list_buckets()["Buckets"]}
+    names = {b["Name"] for b in s3_client(stack_settings, "admin").list_buckets()["Buckets"]}
     assert {"lakehouse-bronze", "lakehouse-silver", "lakehouse-gold"} <= names
     assert [stack_settings.bucket(layer) for layer in LAYERS] == ["lakehouse-bronze", "lakehouse-silver", "lakehouse-gold"]
 
 
 def test_multipart_upload_over_16mb_round_trips(stack_settings):
-    client = s3_client(stack_settings)
+    client = s3_client(stack_settings, "admin")
     bucket, key = "lakehouse-bronze", f"checks/multipart-{uuid.uuid4().hex}.bin"
     part_size = 5 * 1024 * 1024
     payload = os.urandom(17 * 1024 * 1024 + 123)  # 4 parts, the last one short
@@ -46,4 +46,4 @@ def test_wrong_credentials_are_refused(stack_settings):
 
     bad = stack_settings.model_copy(update={"s3_access_key_id": "nobody"})
     with pytest.raises(ClientError):
-        s3_client(bad).list_objects_v2(Bucket="lakehouse-bronze")
+        s3_client(bad, "admin").list_objects_v2(Bucket="lakehouse-bronze")

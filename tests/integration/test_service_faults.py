@@ -55,7 +55,7 @@ def _down_then_up(stack: Stack, service: str, seconds: float):
 
 
 def _silver_state(settings) -> dict:
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "serving")
     facts = catalog.load_table(SILVER_FACT_CONVERSIONS.identifier).scan(
         selected_fields=("event_id", "source_topic", "source_partition", "source_offset")).to_arrow().to_pylist()
     rejected = catalog.load_table(SILVER_CONVERSION_EVENTS_REJECTED.identifier).scan(
@@ -70,7 +70,7 @@ def _silver_state(settings) -> dict:
 def _verified(settings) -> None:
     from tasks.verify import verify
 
-    report = verify(open_catalog(settings), settings)
+    report = verify(open_catalog(settings, "serving"), settings)
     assert report.ok, report.first_failure
 
 

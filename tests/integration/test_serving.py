@@ -37,7 +37,7 @@ def build(settings) -> None:
 def test_sql_time_travel_across_the_v2_rollout_and_a_gold_type_widening(private, tmp_path):
     land_in_bronze(private, [make_event(1), make_event(2)])
     build(private)
-    before_v2 = open_catalog(private).load_table(SILVER_FACT_CONVERSIONS.identifier).current_snapshot().snapshot_id
+    before_v2 = open_catalog(private, "serving").load_table(SILVER_FACT_CONVERSIONS.identifier).current_snapshot().snapshot_id
     time.sleep(1.1)
     moment = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
     time.sleep(1.1)
@@ -58,7 +58,7 @@ def test_sql_time_travel_across_the_v2_rollout_and_a_gold_type_widening(private,
     assert pinned.returncode == 0 and pinned.stdout.strip().splitlines()[-1] == "2"
 
     # widen an int gold column to long: old snapshots still read, new builds still commit
-    hourly = open_catalog(private).load_table(GOLD_HOURLY_API_USAGE.identifier)
+    hourly = open_catalog(private, "gold").load_table(GOLD_HOURLY_API_USAGE.identifier)
     with hourly.update_schema() as update:
         update.update_column("http_status", LongType())
     land_in_bronze(private, [make_event(4)])
@@ -66,7 +66,7 @@ def test_sql_time_travel_across_the_v2_rollout_and_a_gold_type_widening(private,
     widened = cli(tmp_path, "sql", "SELECT sum(requests) AS n, max(http_status) AS s FROM gold.hourly_api_usage", "--format", "json")
     assert widened.returncode == 0, widened.stderr
     assert json.loads(widened.stdout) == {"n": 4, "s": 200}
-    assert open_catalog(private).load_table(GOLD_HOURLY_API_USAGE.identifier).schema().find_field("http_status").field_type == LongType()
+    assert open_catalog(private, "serving").load_table(GOLD_HOURLY_API_USAGE.identifier).schema().find_field("http_status").field_type == LongType()
 
 
 def test_bad_queries_exit_2_with_one_line(private, tmp_path):

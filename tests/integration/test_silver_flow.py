@@ -26,7 +26,7 @@ def promote(settings) -> dict:
 
 
 def table_rows(settings, spec, **scan):
-    return open_catalog(settings).load_table(spec.identifier).scan(**scan).to_arrow()
+    return open_catalog(settings, "serving").load_table(spec.identifier).scan(**scan).to_arrow()
 
 
 def test_duplicates_across_batches_keep_one_row_and_reruns_commit_nothing(private):
@@ -39,17 +39,17 @@ def test_duplicates_across_batches_keep_one_row_and_reruns_commit_nothing(privat
     facts = table_rows(private, SILVER_FACT_CONVERSIONS)
     ids = facts.column("event_id").to_pylist()
     assert sorted(ids) == sorted(set(ids)) and len(ids) == 3
-    snapshots = len(open_catalog(private).load_table(SILVER_FACT_CONVERSIONS.identifier).history())
+    snapshots = len(open_catalog(private, "serving").load_table(SILVER_FACT_CONVERSIONS.identifier).history())
     again = promote(private)
     assert again["bronze_records"] == 0 and again["committed"] == {}
-    assert len(open_catalog(private).load_table(SILVER_FACT_CONVERSIONS.identifier).history()) == snapshots
+    assert len(open_catalog(private, "serving").load_table(SILVER_FACT_CONVERSIONS.identifier).history()) == snapshots
 
 
 def test_late_event_lands_in_its_own_event_day_partition(private):
     late = NOW - timedelta(days=4)
     land_in_bronze(private, [make_event(10, occurred=late), make_event(11)])
     promote(private)
-    table = open_catalog(private).load_table(SILVER_FACT_CONVERSIONS.identifier)
+    table = open_catalog(private, "serving").load_table(SILVER_FACT_CONVERSIONS.identifier)
     partitions = {}
     for task in table.scan().plan_files():
         partitions[task.file.partition[0]] = task.file.record_count
@@ -62,11 +62,11 @@ def test_late_event_lands_in_its_own_event_day_partition(private):
 def test_v2_events_add_columns_without_rewriting_and_time_travel_still_works(private):
     land_in_bronze(private, [make_event(20), make_event(21)])
     promote(private)
-    before = open_catalog(private).load_table(SILVER_FACT_CONVERSIONS.identifier)
+    before = open_catalog(private, "serving").load_table(SILVER_FACT_CONVERSIONS.identifier)
     v1_snapshot, v1_files = before.current_snapshot().snapshot_id, {t.file.file_path for t in before.scan().plan_files()}
     land_in_bronze(private, [make_event(22, version=2)])
     promote(private)
-    after = open_catalog(private).load_table(SILVER_FACT_CONVERSIONS.identifier)
+    after = open_catalog(private, "serving").load_table(SILVER_FACT_CONVERSIONS.identifier)
     assert {"region", "cache_hit"} <= {f.name for f in after.schema().fields}
     rows = {uuid.UUID(r["event_id"]).int: r for r in after.scan().to_arrow().to_pylist()}
     assert rows[22]["region"] == "eu-west-1" and rows[22]["cache_hit"] is True

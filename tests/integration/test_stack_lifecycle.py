@@ -32,9 +32,9 @@ def _make_marks(settings) -> dict[str, str]:
     topic = f"lifecycle-{tag}"
     ensure_topic(settings, topic, partitions=1)
     key = f"checks/lifecycle-{tag}.txt"
-    s3_client(settings).put_object(Bucket="lakehouse-silver", Key=key, Body=b"still here")
+    s3_client(settings, "admin").put_object(Bucket="lakehouse-silver", Key=key, Body=b"still here")
     table_name = f"bronze.lifecycle_check_{tag}"
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "admin")
     table = catalog.create_table(
         table_name,
         schema=pa.schema([pa.field("n", pa.int64())]),
@@ -125,11 +125,11 @@ def test_up_twice_status_down_up_keeps_data(stack_settings):
     again = lakehouse("up")
     assert again.returncode == 0, again.stderr
     assert marks["topic"] in admin_client(stack_settings).list_topics(timeout=10).topics
-    body = s3_client(stack_settings).get_object(Bucket="lakehouse-silver", Key=marks["key"])["Body"].read()
+    body = s3_client(stack_settings, "admin").get_object(Bucket="lakehouse-silver", Key=marks["key"])["Body"].read()
     assert body == b"still here"
-    table = open_catalog(stack_settings).load_table(marks["table"])
+    table = open_catalog(stack_settings, "serving").load_table(marks["table"])
     assert sorted(table.scan().to_arrow().column("n").to_pylist()) == [1, 2, 3]
     assert asyncio.run(_deployment_exists(stack_settings, marks["deployment"]))
     # the fresh worker crashed the run its predecessor left Pending, which freed the slot
     assert asyncio.run(_run_state_and_slots(stack_settings, stranded, limit)) == ("CRASHED", 0)
-    open_catalog(stack_settings).drop_table(marks["table"])
+    open_catalog(stack_settings, "admin").drop_table(marks["table"])

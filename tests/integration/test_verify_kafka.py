@@ -49,7 +49,7 @@ def transactional_lake(private, stack_settings):
 
 
 def bronze_offsets(settings) -> dict[int, list[int]]:
-    table = open_catalog(settings).load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier)
+    table = open_catalog(settings, "serving").load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier)
     rows = table.scan(selected_fields=("partition", "offset")).to_arrow().to_pylist()
     out: dict[int, list[int]] = {}
     for row in rows:
@@ -64,7 +64,7 @@ def test_kafka_confirms_markers_and_aborted_transactions_and_finds_a_lost_record
     report = ingest_flow(settings=settings)
     assert report["lag_left"] == 0 and report["total_records"] == 15, report
     assert bronze_offsets(settings) == COMMITTED
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "serving")
     probe = KafkaGapProbe.from_settings(settings, stall_seconds=10, max_seconds=30)
 
     # tables alone: the aborted transactions' gaps (6 and 4 offsets) can't be told from losses
@@ -83,10 +83,10 @@ def test_kafka_confirms_markers_and_aborted_transactions_and_finds_a_lost_record
 
     # bronze loses two committed records: p0@12 (a gap of one offset, like a marker) and p1@8
     # (joining the trailing marker's gap)
-    bronze = catalog.load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier)
+    bronze = open_catalog(settings, "ingest").load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier)
     for partition, offset in ((0, 12), (1, 8)):
         bronze.delete(And(EqualTo("partition", partition), EqualTo("offset", offset)))
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "serving")
 
     alone = verify(catalog, settings, ("bronze",))  # tables alone: warnings, the loss looks like a marker
     assert alone.ok and alone.check("bronze.offsets_contiguous").warning, render_table(alone)

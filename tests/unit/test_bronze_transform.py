@@ -67,7 +67,7 @@ def bronze_table(tmp_path, monkeypatch):
     for key in [k for k in os.environ if k.startswith("LAKEHOUSE_")]:
         monkeypatch.delenv(key)
     settings = load_settings(state_dir=str(tmp_path))
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings, "ingest")
     ensure_namespaces(catalog, settings)
     return ensure_table(catalog, settings, BRONZE_CONVERSION_EVENTS_RAW)
 

@@ -40,7 +40,7 @@ def lakehouse(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         _only(mp, env)
         settings = load_settings()
-        catalog = open_catalog(settings)
+        catalog = open_catalog(settings, "ingest")
         ensure_namespaces(catalog, settings)
         table = ensure_table(catalog, settings, BRONZE_CONVERSION_EVENTS_RAW)
         columns = RecordColumns(

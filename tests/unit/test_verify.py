@@ -72,7 +72,7 @@ class Lake:
         monkeypatch.setenv("LAKEHOUSE_WAREHOUSE", (tmp_path / "warehouse").as_uri())
         monkeypatch.setenv("LAKEHOUSE_STATE_DIR", str(tmp_path))
         self.settings = load_settings()
-        self.catalog = open_catalog(self.settings)
+        self.catalog = open_catalog(self.settings, "admin")
         ensure_namespaces(self.catalog, self.settings)
         self.landed: list[tuple[int, int, int | None, bytes | None, datetime, int]] = []  # p, o, n, value, ts, snapshot
         self.promoted: set[tuple[int, int]] = set()

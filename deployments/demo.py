@@ -36,14 +36,15 @@ class DemoResult:
     verify: object = None  # tasks.verify.VerifyReport of the lakehouse the demo built
 
 
-async def _wait_for_chain(api_url: str, since: datetime, step: Step) -> dict[str, str]:
+async def _wait_for_chain(settings: Settings, since: datetime, step: Step) -> dict[str, str]:
     """The ingest run we started, then a silver and a gold run that events triggered after it."""
-    from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterStartTime
     from prefect.client.schemas.sorting import FlowRunSort
 
     deadline = time.monotonic() + WAIT_TIMEOUT_S
-    async with PrefectClient(api=api_url) as client:
+    from infra.services import prefect_client
+
+    async with prefect_client(settings) as client:
         runs: dict[str, str] = {}
         previous_end = since
         for deployment in ("ingest", "silver", "gold"):
@@ -92,7 +93,7 @@ def run_demo(settings: Settings, events: int, days: int, step: Step) -> DemoResu
     since = datetime.now(timezone.utc)
     step("running the ingest deployment; events trigger silver and gold")
     timed("trigger", lambda: run_deployment("ingest-bronze/ingest", parameters={"max_batches": 1000}, timeout=0))
-    result.runs = timed("pipeline", lambda: asyncio.run(_wait_for_chain(settings.prefect_api_url, since, step)))
+    result.runs = timed("pipeline", lambda: asyncio.run(_wait_for_chain(settings, since, step)))
     result.gold_rows = _latest_gold(settings)
     step("reconciling bronze, silver and gold (lakehouse verify)")
     result.verify = timed("verify", lambda: _verify(settings))

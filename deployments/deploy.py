@@ -30,11 +30,12 @@ class DeployResult:
 
 
 async def _ensure_pool_and_limits(settings: Settings) -> tuple[bool, list[str]]:
-    from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
 
-    async with PrefectClient(api=settings.prefect_api_url) as client:
+    from infra.services import prefect_client
+
+    async with prefect_client(settings) as client:
         try:
             await client.read_work_pool(POOL)
             pool_created = False
@@ -80,10 +81,10 @@ def _zombie_automation():
     )
 
 
-async def _deployment_names(api_url: str) -> list[str]:
-    from prefect.client.orchestration import PrefectClient
+async def _deployment_names(settings: Settings) -> list[str]:
+    from infra.services import prefect_client
 
-    async with PrefectClient(api=api_url) as client:
+    async with prefect_client(settings) as client:
         deployments = await client.read_deployments()
         flows = {f.id: f.name for f in await client.read_flows()}
     return sorted(f"{flows.get(d.flow_id, '?')}/{d.name}" for d in deployments)
@@ -109,5 +110,5 @@ def deploy(settings: Settings) -> DeployResult:
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise DeployError(f"prefect deploy --all failed (exit {done.returncode}):\n{tail}")
-    result.deployments = asyncio.run(_deployment_names(settings.prefect_api_url))
+    result.deployments = asyncio.run(_deployment_names(settings))
     return result

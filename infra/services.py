@@ -634,6 +634,15 @@ def prefect_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def prefect_client(settings: Settings):
+    """An async Prefect client of the configured server with its basic-auth credential. Prefect's
+    ``get_client`` reads the credential from the environment once, at import; this does not."""
+    from prefect.client.orchestration import PrefectClient
+
+    auth = settings.prefect_api_auth_string
+    return PrefectClient(api=settings.prefect_api_url, auth_string=auth.get_secret_value() if auth else None)
+
+
 def prefect_auth_header(settings: Settings) -> dict[str, str]:
     """The Authorization header Prefect's own client sends for the basic-auth string."""
     import base64
@@ -659,6 +668,10 @@ class RayHead(Service):
         low, high = ray_worker_ports(self.settings)
         ports.update({port: env_key("ray_port") for port in range(low, high + 1)})
         return ports
+
+    def initialise(self) -> None:
+        # the token's old home, readable by anyone who could list the run folder before it was 0700
+        (self.state / "run" / "ray-auth-token").unlink(missing_ok=True)
 
     def launch(self) -> tuple[list[str], dict[str, str]]:
         s = self.settings

@@ -26,9 +26,9 @@ def lakehouse(*args: str) -> subprocess.CompletedProcess:
 
 
 async def _client_call(settings, fn):
-    from prefect.client.orchestration import PrefectClient
+    from infra.services import prefect_client
 
-    async with PrefectClient(api=settings.prefect_api_url) as client:
+    async with prefect_client(settings) as client:  # the server has basic auth
         return await fn(client)
 
 
@@ -116,7 +116,7 @@ def test_cli_ingest_run_triggers_silver_and_gold_by_event(deployed):
     gold = _wait(settings, "gold", silver.start_time, automated=True)
     assert silver.parameters.get("bronze_snapshot_id") and gold.parameters.get("silver_snapshot_id")
     today = datetime.now(timezone.utc).date()
-    rows = open_catalog(settings).load_table(GOLD_DAILY_CONVERSION_METRICS.identifier).scan(
+    rows = open_catalog(settings, "serving").load_table(GOLD_DAILY_CONVERSION_METRICS.identifier).scan(
         row_filter=f"event_date == '{today.isoformat()}'").to_arrow()
     assert rows.num_rows and sum(rows.column("requests").to_pylist()) > 0
 
@@ -161,36 +161,129 @@ def _running_intervals(settings, runs) -> list[tuple]:
     return sorted(intervals)
 
 
+# Headless Chromium for the UI test, driven through the DevTools protocol (tests/e2e/cdp.py). No
+# --virtual-time-budget: that flag belongs to one-shot --dump-dom/--screenshot runs, and with it
+# the browser detaches the very tab the protocol drives as soon as it navigates.
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--virtual-time-budget=15000", "--window-size=1400,1000",
+    "--window-size=1400,1000",
 ]
 SCHEDULES = {"ingest": "Every minute", "silver": "Every 15 minutes", "gold": "Hourly",
              "maintenance": "At 03:30 AM every day"}
+# Prefect's UI (v1, prefect/server/ui, Unauthenticated.vue): when /ui-settings says auth is BASIC
+# and GET /api/admin/version answers 401, the router sends every page to /login?redirect=<page>.
+# Its form has one password-type field (placeholder "admin:pass") that takes the WHOLE
+# PREFECT_SERVER_API_AUTH_STRING, user:password; on submit the UI stores btoa(value) in
+# localStorage["prefect-password"], checks it with GET /api/admin/version (every request then
+# carries "Authorization: Basic <that>"), drops it again and toasts "Authentication failed." on a
+# 401, else goes on to the redirect page.
+LOGIN_FIELD = "form input[type=password]"
+LOGIN_BUTTON = "form button[type=submit]"
+STORED_CREDENTIAL = "localStorage.getItem('prefect-password')"
 
 
-@pytest.mark.skipif(__import__("shutil").which("chromium") is None, reason="Debian's chromium is not installed")
-def test_prefect_ui_lists_every_deployment_with_its_schedule(deployed, tmp_path):
-    """The real UI in headless Chromium: the deployments page, rendered, names and schedules."""
+def _page_text(page) -> str:
+    """The page's markup as words, tags dropped (what the assertions on names and schedules read)."""
     import html
     import re
+
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page.html())))
+
+
+def _deployments_missing(text: str) -> list[str]:
+    import re
+
+    missing = [f"deployment {name}" for name in sorted(DEPLOYMENTS) if f" {name} " not in text]
+    missing += [f"{name} with '{schedule}'" for name, schedule in SCHEDULES.items()
+                if not re.search(rf" {name} [\w-]+ \w+[^|]*?{schedule}", text)]
+    return missing
+
+
+def _dismiss_toasts(page) -> None:
+    """Close the toasts the login left (they cover the list's right side in the screenshot)."""
+    for _ in range(20):
+        spot = page.evaluate("""(() => { for (const b of document.querySelectorAll('.p-toast__close-btn')) {
+            const r = b.getBoundingClientRect();
+            if (r.width && r.height) return [r.x + r.width / 2, r.y + r.height / 2]; } return null; })()""")
+        if not spot:
+            return
+        page.click_at(*spot)
+        time.sleep(0.5)
+
+
+def _on_login_page(page) -> None:
+    """The login form, and not one deployment: the API refuses the page without the credential."""
+    page.wait_for(f"location.pathname === '/login' && !!document.querySelector({LOGIN_FIELD!r})",
+                  what="the login page")
+    text = _page_text(page)
+    shown = [name for name in sorted(DEPLOYMENTS) if f" {name} " in text]
+    assert not shown, f"deployments {shown} are shown on the login page"
+    assert page.evaluate(STORED_CREDENTIAL) is None, "the UI kept a credential the server refused"
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/usr/bin/chromium"), reason="Debian's chromium is not installed")
+def test_prefect_ui_lists_every_deployment_with_its_schedule(deployed, tmp_path):
+    """The real UI in headless Chromium, driven through the DevTools protocol like a user: the
+    server's basic auth puts the deployments behind the login form, a wrong credential is refused
+    there, the right one opens the deployments page, rendered with every name and schedule."""
+    import base64
     import shutil
+    import urllib.error
+    import urllib.request
+
+    from tests.e2e.cdp import Chromium
 
     settings, _ = deployed
-    page = settings.prefect_api_url.removesuffix("/api") + "/deployments"
-    profile = tmp_path / "chromium-profile"
-    dom = subprocess.run(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page],
-                         capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-1000:]
-    text = re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom.stdout)))
-    for name in DEPLOYMENTS:
-        assert f" {name} " in text, f"deployment {name} is not listed"
-    for name, schedule in SCHEDULES.items():
-        assert re.search(rf" {name} [\w-]+ \w+[^|]*?{schedule}", text), f"{name} is not shown with '{schedule}'"
-    shot = tmp_path / "prefect-deployments.png"
-    subprocess.run(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}", page],
-                   capture_output=True, timeout=120)
+    assert settings.prefect_api_auth_string is not None, "the stack's Prefect server has no basic auth"
+    credential = settings.prefect_api_auth_string.get_secret_value()
+    user, _, password = credential.partition(":")
+    assert user and password, "prefect_api_auth_string is not user:password"
+
+    # The API itself refuses a client without the credential, whatever the UI shows.
+    request = urllib.request.Request(f"{settings.prefect_api_url}/deployments/filter", data=b"{}",
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)  # noqa: S310 - loopback
+    assert refused.value.code == 401
+
+    ui = settings.prefect_api_url.removesuffix("/api")
+    with Chromium(CHROMIUM_FLAGS, tmp_path / "chromium-profile", timeout=60) as browser:
+        page = browser.new_page()
+        page.navigate(f"{ui}/deployments")
+        _on_login_page(page)
+
+        # Wrong credentials: the right user with a wrong password (submitted with Enter), then the
+        # password alone without its user (with the button): both refused, still on the login page.
+        for wrong, submit in ((f"{user}:not-the-password", "enter"), (password, "click")):
+            page.type_into(LOGIN_FIELD, wrong)
+            mark = page.mark()
+            if submit == "enter":
+                page.key("Enter")
+            else:
+                page.click(LOGIN_BUTTON)
+            check = page.wait_for_response("/api/admin/version", after=mark)
+            assert check["status"] == 401, f"a wrong credential got HTTP {check['status']} from the API"
+            page.wait_for("document.body.innerText.includes('Authentication failed.')", what="the refusal")
+            _on_login_page(page)
+
+        # The right one: user:password, as the field's placeholder (admin:pass) says.
+        page.type_into(LOGIN_FIELD, credential)
+        mark = page.mark()
+        page.click(LOGIN_BUTTON)
+        check = page.wait_for_response("/api/admin/version", after=mark)
+        assert check["status"] == 200, f"the right credential got HTTP {check['status']} from the API"
+        page.wait_for("location.pathname === '/deployments'", what="the redirect to the deployments page")
+        stored = page.evaluate(STORED_CREDENTIAL)
+        as_basic_auth = stored == base64.b64encode(credential.encode()).decode()
+        assert as_basic_auth, "the UI does not hold the credential as its Basic authorization"  # no value in the report
+
+        deadline = time.monotonic() + 60
+        while (missing := _deployments_missing(_page_text(page))) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert not missing, f"the deployments page does not show {missing}: {page.text()[:1500]!r}"
+        _dismiss_toasts(page)
+        shot = page.screenshot(tmp_path / "prefect-deployments.png")
     assert shot.exists() and shot.stat().st_size > 10_000
     keep = ROOT / ".lakehouse" / "test-output"
     keep.mkdir(parents=True, exist_ok=True)

@@ -46,9 +46,9 @@ def _make_marks(settings) -> dict[str, str]:
 
 
 async def _create_deployment(settings, name: str) -> str:
-    from prefect.client.orchestration import PrefectClient
+    from infra.services import prefect_client
 
-    async with PrefectClient(api=settings.prefect_api_url) as client:
+    async with prefect_client(settings) as client:
         flow_id = await client.create_flow_from_name("lifecycle-check")
         await client.create_deployment(flow_id=flow_id, name=name)
     return f"lifecycle-check/{name}"
@@ -59,10 +59,10 @@ async def _strand_pending_run(settings, tag: str) -> tuple[str, str]:
     when the stack stops between the two. Scheduled a day ahead so the live worker leaves it."""
     from datetime import datetime, timedelta, timezone
 
-    from prefect.client.orchestration import PrefectClient
+    from infra.services import prefect_client
     from prefect.states import Pending, Scheduled
 
-    async with PrefectClient(api=settings.prefect_api_url) as client:
+    async with prefect_client(settings) as client:
         flow_id = await client.create_flow_from_name("lifecycle-check")
         deployment_id = await client.create_deployment(flow_id=flow_id, name=f"stranded-{tag}",
                                                        work_pool_name="lakehouse", concurrency_limit=1)
@@ -74,18 +74,18 @@ async def _strand_pending_run(settings, tag: str) -> tuple[str, str]:
 
 
 async def _run_state_and_slots(settings, run_id: str, limit_name: str) -> tuple[str, int]:
-    from prefect.client.orchestration import PrefectClient
+    from infra.services import prefect_client
 
-    async with PrefectClient(api=settings.prefect_api_url) as client:
+    async with prefect_client(settings) as client:
         run = await client.read_flow_run(run_id)
         limit = await client.read_global_concurrency_limit_by_name(limit_name)
         return run.state.type.value, limit.active_slots
 
 
 async def _deployment_exists(settings, name: str) -> bool:
-    from prefect.client.orchestration import PrefectClient
+    from infra.services import prefect_client
 
-    async with PrefectClient(api=settings.prefect_api_url) as client:
+    async with prefect_client(settings) as client:
         deployment = await client.read_deployment_by_name(name)
         return deployment is not None
 

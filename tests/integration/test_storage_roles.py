@@ -292,3 +292,31 @@ def test_the_clients_a_flow_opens_sign_as_its_role(seaweed):
     files = [f.uri for f in list_files(location, seaweed)]  # the maintenance role lists and deletes
     assert files and len(delete_files(files, seaweed)) == len(files)
     assert list_files(location, seaweed) == []
+
+
+# ---- the stack's own SeaweedFS, with the pairs `stack up` generated --------------------------------
+
+def test_the_stacks_generated_role_pairs_are_enforced(stack_settings):
+    """The running stack, not a private server: its identities come from the generated secrets.
+    Probes only write a `_role_probe/` object, never a table's files, and remove it again."""
+    assert stack_settings.s3_silver_access_key_id, "stack up generated per-role pairs"
+
+    def stack_client(role):
+        key_id, secret = stack_settings.s3_credentials(role)
+        return boto3.client("s3", endpoint_url=stack_settings.s3_endpoint, region_name=stack_settings.s3_region,
+                            aws_access_key_id=key_id, aws_secret_access_key=secret,
+                            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+
+    key = f"_role_probe/{uuid.uuid4().hex}"
+    silver, serving, maintenance = stack_client("silver"), stack_client("serving"), stack_client("maintenance")
+    assert denied(silver.put_object, Bucket=stack_settings.bucket("bronze"), Key=key, Body=b"x")
+    assert denied(silver.put_object, Bucket=stack_settings.bucket("gold"), Key=key, Body=b"x")
+    for layer in LAYERS:
+        assert denied(serving.put_object, Bucket=stack_settings.bucket(layer), Key=key, Body=b"x")
+    silver.put_object(Bucket=stack_settings.bucket("silver"), Key=key, Body=b"x")
+    try:
+        assert denied(silver.delete_object, Bucket=stack_settings.bucket("silver"), Key=key)
+        assert serving.get_object(Bucket=stack_settings.bucket("silver"), Key=key)["Body"].read() == b"x"
+    finally:
+        maintenance.delete_object(Bucket=stack_settings.bucket("silver"), Key=key)
+    assert not exists(stack_settings, stack_settings.bucket("silver"), key)

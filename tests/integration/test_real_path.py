@@ -45,6 +45,7 @@ from tasks.tables import (
     SILVER_FACT_CONVERSIONS,
 )
 from tests.conftest import ROOT
+from tests.roman_oracle import ROMAN, ROMAN_VALUE
 
 pytestmark = pytest.mark.stack
 
@@ -116,17 +117,6 @@ ERROR_CODES = {"INVALID_NUMERAL", "OUT_OF_RANGE", "MALFORMED_REQUEST"}
 PLANS = {"free", "pro", "enterprise"}
 
 
-def _roman(n: int) -> str:
-    out = ""
-    for value, symbol in ((1000, "M"), (900, "CM"), (500, "D"), (400, "CD"), (100, "C"), (90, "XC"), (50, "L"),
-                          (40, "XL"), (10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I")):
-        while n >= value:
-            out, n = out + symbol, n - value
-    return out
-
-
-ROMAN = {n: _roman(n) for n in range(1, 4000)}
-ROMAN_VALUE = {numeral: n for n, numeral in ROMAN.items()}
 
 
 def _right_answer(direction: str, text: str) -> str | None:

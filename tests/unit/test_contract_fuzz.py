@@ -33,6 +33,7 @@ from hypothesis import HealthCheck, given, note, settings, strategies as st
 
 from tasks.transforms import silver
 from tasks.transforms.contract import FIELDS, check_event, check_values
+from tests.roman_oracle import ROMAN, ROMAN_VALUE
 
 KAFKA_TS = datetime(2024, 12, 25, 12, 0, tzinfo=timezone.utc)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -76,17 +77,6 @@ FIRST_US = (datetime(1, 1, 1, tzinfo=timezone.utc) - EPOCH) // timedelta(microse
 LAST_US = (datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=timezone.utc) - EPOCH) // timedelta(microseconds=1)
 
 
-def roman(n: int) -> str:
-    out = ""
-    for value, symbol in ((1000, "M"), (900, "CM"), (500, "D"), (400, "CD"), (100, "C"), (90, "XC"), (50, "L"),
-                          (40, "XL"), (10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I")):
-        while n >= value:
-            out, n = out + symbol, n - value
-    return out
-
-
-ROMAN = {n: roman(n) for n in range(1, 4000)}
-ROMAN_VALUE = {numeral: n for n, numeral in ROMAN.items()}
 
 
 def numeral_of(direction: str | None, text: str | None) -> int | None:

@@ -21,12 +21,18 @@ from tests.integration.private_lakehouse import private_env
 @pytest.fixture
 def private(tmp_path, monkeypatch, stack_settings):
     """Settings of a private lakehouse (SQLite catalog, file warehouse) on the stack's Prefect and Ray."""
+    return open_private_lakehouse(tmp_path, monkeypatch)
+
+
+def open_private_lakehouse(folder: Path, monkeypatch) -> Settings:
+    """A private lakehouse with its catalog and warehouse in ``folder``: this process's LAKEHOUSE_*
+    environment is exactly ``private_env(folder)`` for the test, and the namespaces exist."""
     for key in [k for k in os.environ if k.startswith("LAKEHOUSE_")]:
         monkeypatch.delenv(key)
-    for key, value in private_env(tmp_path).items():
+    for key, value in private_env(folder).items():
         monkeypatch.setenv(key, value)
     settings = load_settings()
-    (tmp_path / "warehouse").mkdir()
+    (folder / "warehouse").mkdir()
     ensure_namespaces(open_catalog(settings, "admin"), settings)
     return settings
 

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.catalog import ensure_namespaces, open_catalog
-from tasks.settings import load_settings
+from tasks.catalog import open_catalog
 from tasks.tables import (
     ALL_TABLES,
     BRONZE_CONVERSION_EVENTS_RAW,
@@ -31,6 +30,7 @@ from tasks.tables import (
     ensure_table,
 )
 from tests.conftest import ROOT
+from tests.integration.conftest import open_private_lakehouse
 from tests.integration.private_lakehouse import land_in_bronze, make_event, private_env
 
 pytestmark = pytest.mark.stack
@@ -59,14 +59,7 @@ def small_disk(tmp_path):
 @pytest.fixture
 def lake_on_disk(small_disk, monkeypatch):
     """Settings of a private lakehouse whose catalog and warehouse are on the small disk."""
-    for key in [k for k in os.environ if k.startswith("LAKEHOUSE_")]:
-        monkeypatch.delenv(key)
-    for key, value in private_env(small_disk).items():
-        monkeypatch.setenv(key, value)
-    settings = load_settings()
-    (small_disk / "warehouse").mkdir()
-    ensure_namespaces(open_catalog(settings, "admin"), settings)
-    return settings
+    return open_private_lakehouse(small_disk, monkeypatch)
 
 
 def free_bytes(where: Path) -> int:

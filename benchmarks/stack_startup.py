@@ -51,8 +51,10 @@ def taken_ports(state: Path) -> dict[int, str]:
         del os.environ[key]  # the children see exactly these settings: so must this check
     from infra.process import port_in_use
     from infra.stack import Stack
-    from tasks.settings import load_settings
+    from tasks.settings import Settings, load_settings
+    from tasks.stack_secrets import generate
 
+    generate(state, list(Settings.model_fields))  # as `stack up` would, before the settings read them
     settings = load_settings(STACK_CONFIG, state_dir=str(state))
     return {port: service.name for service in Stack(settings).services
             for port in service.ports() if port_in_use("127.0.0.1", port)}

@@ -27,6 +27,7 @@ class DeployResult:
     pool_created: bool = False
     limits_created: list[str] = field(default_factory=list)
     deployments: list[str] = field(default_factory=list)
+    paused: list[str] = field(default_factory=list)  # continuous mode: the scheduled mode's deployments
 
 
 async def _ensure_pool_and_limits(settings: Settings) -> tuple[bool, list[str]]:
@@ -110,5 +111,28 @@ def deploy(settings: Settings) -> DeployResult:
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise DeployError(f"prefect deploy --all failed (exit {done.returncode}):\n{tail}")
+    if settings.pipeline_mode == "continuous":
+        result.paused = asyncio.run(_pause_scheduled_mode(settings))
     result.deployments = asyncio.run(_deployment_names(settings))
     return result
+
+
+SCHEDULED_MODE = ("ingest-bronze/ingest", "promote-silver/silver", "build-gold/gold")
+
+
+async def _pause_scheduled_mode(settings: Settings) -> list[str]:
+    """Continuous mode: the continuous process ingests and promotes, so the once-a-minute ingest
+    and the silver and gold triggers (which its commits would fire: a queue of cold runs) are paused.
+    `prefect deploy --all` in scheduled mode turns the triggers on again; resume the deployments with
+    `prefect deployment resume`."""
+    from infra.services import prefect_client
+
+    paused = []
+    async with prefect_client(settings) as client:
+        for name in SCHEDULED_MODE:
+            deployment = await client.read_deployment_by_name(name)
+            await client.pause_deployment(deployment.id)
+            for automation in await client.read_resource_related_automations(f"prefect.deployment.{deployment.id}"):
+                await client.pause_automation(automation.id)
+            paused.append(name)
+    return paused

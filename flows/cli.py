@@ -87,6 +87,7 @@ def settings() -> Settings:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     config: Optional[Path] = typer.Option(
         None, "--config", "-c", help="TOML settings file (else $LAKEHOUSE_CONFIG); env vars override it."
     ),
@@ -94,6 +95,12 @@ def main(
     import logging
 
     _State.config = config
+    if ctx.invoked_subcommand in ("stack", "demo"):
+        # the local stack's secrets exist before the settings that read them (tasks/stack_secrets.py)
+        from tasks.settings import state_dir_of
+        from tasks.stack_secrets import generate
+
+        generate(state_dir_of(config), list(Settings.model_fields))
     _State.settings = None
     logging.getLogger("daft.io").setLevel(logging.ERROR)  # "full table scan" notes are not for users
     import os
@@ -101,16 +108,6 @@ def main(
     from infra.services import ray_env
 
     _client_env(settings())  # validates at startup: a bad value fails first
-
-
-def _make_stack_secrets() -> None:
-    """Generate the stack's missing secrets (tasks/stack_secrets.py) before its services start,
-    and read the settings again so that they and this process use them."""
-    from tasks.stack_secrets import generate
-
-    if generate(settings().state_dir, list(Settings.model_fields)):
-        _State.settings = None
-        _client_env(settings())
 
 
 def _client_env(s: Settings) -> None:
@@ -147,7 +144,6 @@ def stack_up(services: list[str] = typer.Argument(None, help="only these service
     """Start every service (idempotent), wait until each is healthy, create topics, buckets and namespaces."""
     from infra.stack import StackError
 
-    _make_stack_secrets()
     stack = _stack()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err) as progress:
         rows: dict[str, int] = {}
@@ -350,6 +346,31 @@ def run_gold(
     out.print_json(json.dumps(report))
 
 
+@app.command("serve-continuous")
+def serve_continuous(
+    seconds: Optional[float] = typer.Option(None, min=1, help="stop after this long (default: until SIGUSR1, SIGTERM or Ctrl-C)"),
+) -> None:
+    """Continuous mode: bronze commits every LAKEHOUSE_CONTINUOUS_COMMIT_SECONDS and warm silver and
+    gold promotions in this process, as Prefect flow runs (the stack starts it when
+    LAKEHOUSE_PIPELINE_MODE=continuous)."""
+    import os
+    import signal
+
+    s = settings()
+    _prefect_client_env(s)
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")  # the zombie automation watches them
+    from flows.continuous import continuous_flow, request_stop
+
+    # SIGUSR1: finish the batch, promote once more, end Completed. SIGTERM stays Prefect's: the run
+    # ends Crashed (or Cancelled, when cancelled from the UI), and the next run resumes exactly.
+    signal.signal(signal.SIGUSR1, lambda *_: request_stop())
+    try:
+        report = continuous_flow(run_seconds=seconds, settings=s)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    out.print_json(json.dumps(report))
+
+
 @app.command("deploy")
 def deploy_cmd() -> None:
     """Create the work pool and per-table concurrency limits, and apply every deployment of prefect.yaml."""
@@ -365,6 +386,9 @@ def deploy_cmd() -> None:
     out.print(f"work pool 'lakehouse': {'created' if result.pool_created else 'already there'}", highlight=False)
     out.print(f"concurrency limits created: {', '.join(result.limits_created) or 'none, all there'}", highlight=False)
     out.print("deployments: " + ", ".join(result.deployments), highlight=False)
+    if result.paused:
+        out.print("continuous mode: paused " + ", ".join(result.paused)
+                  + "; `lakehouse stack up` starts `lakehouse serve-continuous`", highlight=False)
     out.print("A worker runs with the stack (`lakehouse stack status`). Another one: "
               "prefect worker start --pool lakehouse --type process", highlight=False)
 
@@ -380,7 +404,6 @@ def demo(
 
     if profile not in (None, "embedded", "stack"):
         fail(f"--profile: {profile!r} is not allowed; expected 'embedded' or 'stack'", 2)
-    _make_stack_secrets()
     s = settings()
     if profile == "stack" and s.profile != "stack":
         try:

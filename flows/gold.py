@@ -225,11 +225,12 @@ def build_daily_tables(settings: Settings, plan: GoldPlan, crash_at: str | None 
         where = In("event_date", days) if days else None
     dim = daft.read_iceberg(users_table, snapshot_id=plan.users_snapshot, io_config=io_config(settings, "gold"))
     report = {"days": len(days)}
+    n = settings.compute_partitions  # each aggregate over n partitions hashed by its group keys
     tables = (
-        (GOLD_DAILY_CONVERSION_METRICS, lambda f: gold.daily_conversion_metrics(f)),
-        (GOLD_DAILY_PLAN_METRICS, lambda f: gold.daily_plan_metrics(f, dim) if dim is not None else None),
-        (GOLD_HOURLY_API_USAGE, lambda f: gold.hourly_api_usage(f)),
-        (GOLD_USER_DAILY_ACTIVITY, lambda f: gold.user_daily_activity(f)),
+        (GOLD_DAILY_CONVERSION_METRICS, lambda f: gold.daily_conversion_metrics(f, n)),
+        (GOLD_DAILY_PLAN_METRICS, lambda f: gold.daily_plan_metrics(f, dim, n) if dim is not None else None),
+        (GOLD_HOURLY_API_USAGE, lambda f: gold.hourly_api_usage(f, n)),
+        (GOLD_USER_DAILY_ACTIVITY, lambda f: gold.user_daily_activity(f, n)),
     )
     changes = []
     for spec, build in tables:  # gold rows are aggregates: all of them fit in memory at once
@@ -257,7 +258,8 @@ def build_user_summary(settings: Settings, plan: GoldPlan) -> dict[str, int]:
     else:  # the touched users' rows only: days x users, however many facts they had
         daily = read_user_rows(daily_table, users, DAILY_ACTIVITY_COLUMNS)
         dim = read_user_rows(users_table, users, DIM_USERS_COLUMNS, snapshot_id=plan.users_snapshot)
-    frame = gold.user_summary_from_daily(daily, dim) if daily is not None and dim is not None else None
+    frame = (gold.user_summary_from_daily(daily, dim, settings.compute_partitions)
+             if daily is not None and dim is not None else None)
     rows = frame.to_arrow() if frame is not None else None
     where = AlwaysTrue() if plan.full else In("user_id", users) if users else None
     return _replace_all(settings, plan, [(GOLD_USER_ACTIVITY_SUMMARY, rows, where,

@@ -1,8 +1,10 @@
 """Bronze → silver: validate, quarantine, deduplicate across history, SCD2 users.
 
-Each run promotes the bronze append snapshots after silver's watermark. The three silver tables
-are committed in a fixed order (rejected, facts, users), each recording the bronze snapshot it is
-promoted up to, so a crash between commits is finished by the next run and never repeated.
+Each run promotes the bronze append snapshots after silver's watermark, in bounded batches of
+whole snapshots (``silver_max_batch_records``, ``silver_max_batch_bytes``), each a promotion of its
+own. The three silver tables are committed in a fixed order (rejected, facts, users), each
+recording the bronze snapshot it is promoted up to, so a crash between commits or between batches
+is finished by the next run and never repeated.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import silver_jobs
 from tasks.catalog import open_catalog
-from tasks.commits import REPORT_KEY, RUN_ID_KEY, commit_rows, conform, upstream_key, upstream_snapshot
+from tasks.commits import REPORT_KEY, RUN_ID_KEY, commit_rows, conform, replace_filter, upstream_key, upstream_snapshot
 from tasks.compute import plan_while_ray_starts, use_ray
 from tasks.daft_host import Kept, daft_jobs
-from tasks.scans import Increment, pending_range, plan_increment
+from tasks.scans import Increment, bounded_range, pending_range, plan_increment
 from tasks.settings import Settings, load_settings
 from tasks.tables import (
     BRONZE_CONVERSION_EVENTS_RAW,
@@ -41,7 +43,7 @@ from tasks.orchestration import (
     table_lock,
 )
 
-CRASH_POINTS = ("read", "rejected-committed", "facts-committed")
+CRASH_POINTS = ("read", "rejected-committed", "facts-committed", "batch-committed")
 SILVER_TABLES = (SILVER_CONVERSION_EVENTS_REJECTED, SILVER_FACT_CONVERSIONS, SILVER_DIM_USERS)
 UPSTREAM = BRONZE_CONVERSION_EVENTS_RAW.identifier
 
@@ -51,6 +53,7 @@ class SilverPlan:
     run_id: str
     increment: Increment | None  # None: nothing new in bronze
     watermarks: dict[str, int | None]  # silver table -> bronze snapshot it is promoted up to
+    head: int | None = None  # bronze's newest snapshot when the run began: its batches go no further
 
 
 @dataclass
@@ -75,17 +78,34 @@ class SilverReport:
 
 
 @task(**TRANSIENT_RETRY)
-def plan_silver(settings: Settings, run_id: str) -> SilverPlan:
-    """Which bronze snapshots to promote: after the oldest silver watermark, up to the newest work."""
+def plan_silver(settings: Settings, run_id: str, head: int | None = None) -> SilverPlan:
+    """Which bronze snapshots to promote: after the oldest silver watermark, up to the newest work
+    within the batch bounds. A range a crash interrupted (the watermarks disagree) is finished as
+    it was planned, whatever the bounds are now."""
     catalog = open_catalog(settings, "silver")
     bronze = ensure_table(catalog, settings, BRONZE_CONVERSION_EVENTS_RAW)
     watermarks = {
         spec.identifier: upstream_snapshot(ensure_table(catalog, settings, spec), UPSTREAM) for spec in SILVER_TABLES
     }
-    pending = pending_range(bronze, list(watermarks.values()))
+    if head is None:
+        current = bronze.current_snapshot()
+        head = current.snapshot_id if current is not None else None
+    elif _newer_than(bronze, set(watermarks.values()), head):
+        return SilverPlan(run_id, None, watermarks, head)  # a concurrent run went past this run's head
+    pending = pending_range(bronze, list(watermarks.values()), head)
     if pending is None:
-        return SilverPlan(run_id, None, watermarks)
-    return SilverPlan(run_id, plan_increment(bronze, *pending), watermarks)
+        return SilverPlan(run_id, None, watermarks, head)
+    if len(set(watermarks.values())) == 1:
+        pending = bounded_range(bronze, *pending, settings.silver_max_batch_records, settings.silver_max_batch_bytes)
+    return SilverPlan(run_id, plan_increment(bronze, *pending), watermarks, head)
+
+
+def _newer_than(bronze, marks: set, head: int) -> bool:
+    """Whether every silver table is already at or past bronze's snapshot ``head``."""
+    if len(marks) != 1 or None in marks:
+        return False
+    mark, end = bronze.metadata.snapshot_by_id(next(iter(marks))), bronze.metadata.snapshot_by_id(head)
+    return mark is not None and end is not None and mark.sequence_number >= end.sequence_number
 
 
 @task(**TRANSIENT_RETRY)
@@ -142,7 +162,6 @@ def commit_facts(settings: Settings, plan: SilverPlan, jobs, checked: Kept) -> O
     """Append the batch's first arrivals (``silver_jobs.new_facts``); an earlier arrival of a
     stored event replaces it in the same commit."""
     import pyarrow.compute as pc
-    from pyiceberg.expressions import In
 
     found = jobs.call(silver_jobs.new_facts, settings, checked)
     rows, replaced_ids = found.rows, found.replaced_ids
@@ -151,7 +170,7 @@ def commit_facts(settings: Settings, plan: SilverPlan, jobs, checked: Kept) -> O
     detail = {"facts": rows.num_rows - len(replaced_ids), "duplicates_dropped": found.dropped,
               "replaced_by_earlier_arrival": len(replaced_ids)}
     snapshot = _commit(settings, SILVER_FACT_CONVERSIONS, plan, rows, detail,
-                       delete_filter=In("event_id", replaced_ids) if replaced_ids else None)
+                       delete_filter=replace_filter(rows, "event_id", replaced_ids, "occurred_at") if replaced_ids else None)
     return Outcome(rows.num_rows - len(replaced_ids), snapshot, {**detail, "users": found.users})
 
 
@@ -188,10 +207,12 @@ def silver_flow(
     settings: Optional[Settings] = None,
     crash_at: Optional[str] = None,
 ) -> dict:
-    """Promote every bronze snapshot not yet in silver; a rerun with nothing new commits nothing.
+    """Promote every bronze snapshot not yet in silver, one bounded batch after another until
+    caught up; a rerun with nothing new commits nothing.
 
     ``bronze_snapshot_id`` is the commit that triggered this run (from the event); the run
-    promotes everything up to bronze's current snapshot, which includes it.
+    promotes everything up to bronze's current snapshot, which includes it. Returns the totals,
+    with each batch's report under ``batches``.
     """
     logger = get_run_logger()
     if bronze_snapshot_id is not None:
@@ -199,13 +220,40 @@ def silver_flow(
     settings = settings or load_settings()
     if crash_at is not None and crash_at not in CRASH_POINTS:
         raise ValueError(f"crash_at must be one of {CRASH_POINTS}, got {crash_at!r}")
-    return replan_on_conflict(lambda: _promote(settings, crash_at, logger), "silver", logger)
+    batches: list[dict] = []
+    head: list[int | None] = [None]  # bronze's head at the first plan: commits after it wait for the next run
+    while True:
+        report = replan_on_conflict(lambda: _promote(settings, crash_at, logger, head), "silver", logger)
+        if report["bronze_to"] is None:
+            break
+        batches.append(report)
+        crash_if("batch-committed", crash_at)
+    return _totals(batches) if batches else report
 
 
-def _promote(settings: Settings, crash_at: str | None, logger) -> dict:
+def _totals(batches: list[dict]) -> dict:
+    """One report for the run: counts summed over its batches, the last snapshot of each table."""
+    total = dict(batches[0], batches=batches, reasons={}, committed={})
+    total["bronze_to"] = batches[-1]["bronze_to"]
+    total["run_id"] = batches[-1]["run_id"]
+    for name in ("bronze_records", "facts", "rejected", "duplicates_dropped", "replaced_by_earlier_arrival",
+                 "users_touched", "users_rebuilt", "seconds"):
+        total[name] = sum(batch[name] for batch in batches)
+    total["seconds"] = round(total["seconds"], 3)
+    for batch in batches:
+        total["committed"].update(batch["committed"])
+        for reason, count in batch["reasons"].items():
+            total["reasons"][reason] = total["reasons"].get(reason, 0) + count
+    return total
+
+
+def _promote(settings: Settings, crash_at: str | None, logger, head: list[int | None]) -> dict:
+    """One bounded batch, planned from the tables; ``head`` (a one-item box) is bronze's snapshot
+    the run stops at, set by its first plan."""
     began = time.monotonic()
     # no Daft actors to start here: on a cluster the Daft jobs run on the warm host
-    plan = plan_while_ray_starts(settings, plan_silver, settings, str(uuid.uuid4()), daft_workers=False)
+    plan = plan_while_ray_starts(settings, plan_silver, settings, str(uuid.uuid4()), head[0], daft_workers=False)
+    head[0] = plan.head
     report = SilverReport(run_id=plan.run_id)
     if plan.increment is None:
         logger.info("silver is up to date with bronze; nothing committed")

@@ -458,8 +458,9 @@ class IcebergRest(Service):
         return iceberg_rest_launch(self.settings, self.data_dir, self.lib, self.launcher_dir, base_env=self.base_env())
 
     def settings_fingerprint(self) -> str:
+        # its bearer token and the S3 pair it writes metadata with
         token = self.settings.catalog_token
-        return _digest("bearer", token.get_secret_value() if token else "")
+        return _digest("bearer", token.get_secret_value() if token else "", self.settings.s3_credentials("admin"))
 
     def check_health(self) -> str | None:
         try:
@@ -621,6 +622,42 @@ class PrefectWorker(Service):
         return "no ONLINE worker on the pool yet"
 
 
+class ContinuousPipeline(Service):
+    """Continuous mode (``pipeline_mode = "continuous"``): `lakehouse serve-continuous`, one
+    long-lived process whose ingest commits every few seconds and whose silver and gold runs stay
+    warm (flows/continuous.py). Healthy while its long-running flow run is Running."""
+
+    name = "continuous"
+
+    def address(self) -> str:
+        return "flow continuous-pipeline"
+
+    def ports(self) -> dict[int, str]:
+        return {}
+
+    def launch(self) -> tuple[list[str], dict[str, str]]:
+        env = {**self.base_env(), **self.settings.as_env(), **prefect_env(self.settings), **ray_env(self.settings),
+               "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
+        return [sys.executable, "-m", "flows.cli", "serve-continuous"], env
+
+    def settings_fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.settings.as_env(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def check_health(self) -> str | None:
+        body = {"flows": {"name": {"any_": ["continuous-pipeline"]}},
+                "flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}, "limit": 1}
+        request = urllib.request.Request(
+            f"{self.settings.prefect_api_url}/flow_runs/filter", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", **prefect_auth_header(self.settings)}, method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=3) as resp:  # noqa: S310 - loopback
+                runs = json.loads(resp.read())
+        except (OSError, ValueError) as exc:
+            return f"cannot list flow runs: {exc}"
+        return None if runs else "no continuous-pipeline flow run is Running yet"
+
+
 def prefect_env(settings: Settings) -> dict[str, str]:
     """Environment every Prefect client and the server share: where the API is and, when the
     server has basic auth, the client's credential for it (never logged: child processes only)."""
@@ -733,8 +770,10 @@ def ray_ports(settings: Settings) -> dict[str, int]:
 
 
 def ray_worker_ports(settings: Settings) -> tuple[int, int]:
-    """The range every Ray worker's gRPC port comes from: ray_port+100 to ray_port+199."""
-    return settings.ray_port + 100, settings.ray_port + 199
+    """The range every Ray worker's gRPC port comes from: ray_port+10000 to ray_port+10999 (with
+    the default 16379-17378, clear of every other stack port). Each worker and actor holds one,
+    and a test session keeps dozens of warm actors alive at a time."""
+    return settings.ray_port + 10_000, settings.ray_port + 10_999
 
 
 def ray_env(settings: Settings) -> dict[str, str]:
@@ -754,4 +793,6 @@ def all_services(settings: Settings) -> list[Service]:
         kinds: tuple[type[Service], ...] = (Kafka, PrefectServer, PrefectWorker)
     else:
         kinds = (SeaweedFS, Kafka, IcebergRest, PrefectServer, RayHead, PrefectWorker)
+    if settings.pipeline_mode == "continuous":
+        kinds = (*kinds, ContinuousPipeline)
     return [cls(settings) for cls in kinds]

@@ -12,11 +12,12 @@ import json
 import os
 import warnings
 from contextlib import contextmanager
-from typing import Callable, Iterator, Mapping, Sequence
+from datetime import date, timedelta
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.expressions import BooleanExpression
+from pyiceberg.expressions import And, BooleanExpression, GreaterThanOrEqual, In, LessThan, Or
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table, Transaction
 
@@ -97,6 +98,41 @@ def encode_offsets(offsets: Mapping[str, Mapping[int, int]]) -> str:
 
 def decode_offsets(raw: str) -> Offsets:
     return {t: {int(p): int(o) for p, o in ps.items()} for t, ps in json.loads(raw).items()}
+
+
+def keys_on_days(key: str, values: Sequence, time_column: str, days: Iterable[date]) -> BooleanExpression:
+    """``key`` in ``values``, and ``time_column`` on one of ``days`` (UTC): the delete filter of a
+    replace in a table partitioned by day(``time_column``), so pyiceberg plans only those days'
+    files instead of every file of the table."""
+    if not values:
+        raise ValueError(f"no {key} values to delete")
+    ranges = [
+        And(GreaterThanOrEqual(time_column, _micros(day)), LessThan(time_column, _micros(day + timedelta(days=1))))
+        for day in sorted(set(days))
+    ]
+    if not ranges:
+        raise ValueError(f"no days to bound the delete of {len(values)} {key} values")
+    return And(In(key, list(values)), Or(*ranges) if len(ranges) > 1 else ranges[0])
+
+
+def replace_filter(rows: pa.Table, key: str, values: Sequence, time_column: str) -> BooleanExpression:
+    """The stored rows that ``rows`` replace by ``key``, on the days their ``time_column`` falls
+    on: a copy carries the same body, so the same time and partition, and the delete plans those
+    days' files rather than all of the table. A replacing row without a time falls back to ``key``
+    alone."""
+    import pyarrow.compute as pc
+
+    replacing = rows.filter(pc.is_in(rows.column(key), value_set=pa.array(list(values), rows.schema.field(key).type)))
+    times = replacing.column(time_column)
+    if times.null_count or not replacing.num_rows:
+        return In(key, list(values))
+    days = pc.cast(pc.cast(times, pa.timestamp("us", "UTC")), pa.date32()).to_pylist()
+    return keys_on_days(key, values, time_column, days)
+
+
+def _micros(day: date) -> int:
+    """Microseconds since the epoch at ``day``'s UTC midnight: Iceberg's timestamp literal."""
+    return (day - date(1970, 1, 1)).days * 86_400_000_000
 
 
 def conform(rows: pa.Table, table: Table) -> pa.Table:

@@ -10,6 +10,12 @@ run use is kept in the host under the run's key (``keep``) and passed to later s
 
 Without a cluster (the embedded profile's in-process Ray, Daft's native runner) the same calls
 run in the flow's process: ``LocalDaft`` has the same three methods.
+
+The host only plans and drives a job; it does not run it. Daft's Ray runner (flotilla) gives the
+host a plan-runner actor and one worker actor per alive node (pinned to it, sized to its CPUs,
+and re-listed as nodes join), and sends each partition's task to a worker. So a job spreads over
+every node, as far as its partitions allow: ``compute_partitions`` (``silver.spread``) decides
+that, not the host. A kept batch stays in the object store of the nodes that computed it.
 """
 
 from __future__ import annotations
@@ -165,10 +171,14 @@ def code_version() -> str:
     """The host runs Daft steps of the silver flow: their code and the engine's versions."""
     import flows.silver
     import tasks.scans
+    import tasks.settings
+    import tasks.silver_jobs
     import tasks.transforms.contract
     import tasks.transforms.silver
 
+    # the steps (silver_jobs) and the Settings they receive: a host of older code can't read new fields
     modules = [__file__, warm_actors.__file__, flows.silver.__file__, tasks.scans.__file__,
+               tasks.silver_jobs.__file__, tasks.settings.__file__,
                tasks.transforms.silver.__file__, tasks.transforms.contract.__file__]
     return warm_actors.code_version(modules, ["daft", "pyiceberg", "pyarrow", "ray"])
 

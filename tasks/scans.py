@@ -55,6 +55,57 @@ def pending_range(upstream: Table, watermarks: list[int | None], head: int | Non
     return after, upto
 
 
+@dataclass(frozen=True)
+class AppendSize:
+    """One upstream append snapshot and what it added, from its summary."""
+
+    snapshot_id: int
+    records: int
+    bytes: int
+
+
+def first_batch_end(appends: list[AppendSize], max_records: int, max_bytes: int) -> int:
+    """The last snapshot of the first bounded batch: the longest run of appends, oldest first,
+    within both bounds, and always at least one (a snapshot is never split, so a larger one goes
+    alone).
+
+    Batches end on snapshot boundaries because the watermark is a snapshot id: a crash between
+    batches leaves every silver table at one, and the next run starts exactly after it."""
+    if not appends:
+        raise ValueError("no append snapshots to bound")
+    if max_records < 1 or max_bytes < 1:
+        raise ValueError(f"batch bounds must be positive, got {max_records} records, {max_bytes} bytes")
+    records = size = 0
+    end = appends[0].snapshot_id
+    for index, append in enumerate(appends):
+        records, size = records + append.records, size + append.bytes
+        if index and (records > max_records or size > max_bytes):
+            break
+        end = append.snapshot_id
+    return end
+
+
+def bounded_range(upstream: Table, after: int | None, upto: int, max_records: int, max_bytes: int
+                  ) -> tuple[int | None, int]:
+    """(after, end): the first batch of (after, upto] within the bounds, by the added-records and
+    added-files-size of each append snapshot's summary (no file is read)."""
+    metadata = upstream.metadata
+    start = metadata.snapshot_by_id(after) if after is not None else None
+    end = metadata.snapshot_by_id(upto)
+    if end is None or (after is not None and start is None):
+        return after, upto  # let plan_increment name what is missing
+    appends = [
+        AppendSize(s.snapshot_id, int(s.summary.additional_properties.get("added-records", 0)),
+                   int(s.summary.additional_properties.get("added-files-size", 0)))
+        for s in reversed(list(ancestors_between(start, end, metadata)))
+        if s.snapshot_id != after and s.summary is not None and s.summary.operation.value == "append"
+    ]
+    if not appends:
+        return after, upto
+    last = first_batch_end(appends, max_records, max_bytes)
+    return after, upto if last == appends[-1].snapshot_id else last  # all of it: as unbounded
+
+
 def _appends_between(table: Table, after: int | None, upto: int) -> bool:
     metadata = table.metadata
     start = metadata.snapshot_by_id(after) if after is not None else None

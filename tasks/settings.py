@@ -116,16 +116,27 @@ class Settings(BaseSettings):
     ingest_chunk_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="key+value bytes a writer actor reads before it writes them as files: bounds its memory, whatever the batch size")
     ingest_writer_idle_seconds: float = Field(900.0, ge=10, description="an ingest writer actor unused this long exits and frees its memory")
 
+    # Continuous mode (flows/continuous.py): one long-lived process ingests and promotes warm
+    pipeline_mode: Literal["scheduled", "continuous"] = Field("scheduled", description="'scheduled': the worker's once-a-minute ingest and event-triggered silver/gold runs; 'continuous': `lakehouse serve-continuous` (or the `continuous` deployment) commits bronze every few seconds and promotes silver and gold in the same warm process")
+    continuous_commit_seconds: float = Field(5.0, gt=0, le=3600, description="continuous mode: a bronze commit at least this often while records arrive (the time bound)")
+    continuous_max_records: int = Field(200_000, ge=1, description="continuous mode: a micro-batch ends at this many records (the size bound); a larger lag commits again at once")
+    continuous_safety_seconds: float = Field(60.0, gt=0, description="continuous mode: a promotion at least this often even without a commit of its own (commits by other processes)")
+
     silver_max_value_bytes: int = Field(1024 * 1024, ge=1024, description="bronze values larger than this are quarantined as OVERSIZED")
+    silver_max_batch_records: int = Field(1_000_000, ge=1, description="a silver promotion takes at most this many bronze records (whole bronze snapshots; one larger snapshot goes alone) and loops until caught up, so memory follows the bound, not the backlog")
+    silver_max_batch_bytes: int = Field(512 * 1024 * 1024, ge=1024 * 1024, description="a silver promotion takes at most this many bytes of bronze data files (whole bronze snapshots; one larger snapshot goes alone)")
 
     # Prefect and Ray
     prefect_api_url: str = Field("http://127.0.0.1:4200/api", description="Prefect API URL")
     prefect_api_auth_string: SecretStr | None = Field(None, description="user:password of the Prefect server's basic auth; `stack up` generates one in the state folder's secrets (never logged)")
     ray_address: str | None = Field(None, description="'auto' joins the Ray head; empty runs Ray in-process; default by profile")
-    ray_port: int = Field(6379, ge=1, le=65535, description="GCS port of the local Ray head")
+    ray_port: int = Field(6379, ge=1, le=54536, description="GCS port of the local Ray head; its other ports are the next 7, and its workers' ray_port+10000 to +10999")
     ray_object_store_mb: int = Field(2048, ge=78, description="object store cap of the Ray head, in MB (a promoted 1M-record batch is ~330 MB, held twice at a time)")
     daft_host_idle_seconds: float = Field(900.0, ge=10, description="the warm Daft host actor (silver's Daft jobs on a Ray cluster) unused this long exits and frees its memory")
     ray_auth_mode: Literal["token", "disabled"] = Field("token", description="RAY_AUTH_MODE for the head and every client")
+
+    # Compute: how Daft spreads a job's work over the Ray cluster
+    compute_partitions: int = Field(1, ge=1, le=4096, description="partitions silver's dedup, validation and SCD2 and gold's aggregates run over, hashed by event_id, user_id or the group keys, so Ray spreads them over nodes and cores; 1 keeps a batch in one in-memory partition (no shuffle), best on one small node; the result is the same for every value")
 
     # Maintenance (flows/maintenance, tasks/maintenance): compaction, snapshot expiry, orphan removal
     maintenance_target_file_bytes: int = Field(128 * 1024 * 1024, ge=1024, description="compaction packs small data files into files of at most this many bytes")
@@ -271,9 +282,11 @@ class Settings(BaseSettings):
     def _secrets_present(self) -> "Settings":
         if self.uses_s3:
             if not self.s3_access_key_id:
-                raise ValueError("missing: s3_access_key_id is required when the warehouse is on S3")
+                raise ValueError("missing: s3_access_key_id is required when the warehouse is on S3 "
+                                 "(`lakehouse stack up` generates the local stack's)")
             if self.s3_secret_access_key is None or not self.s3_secret_access_key.get_secret_value():
-                raise ValueError("missing: s3_secret_access_key is required when the warehouse is on S3")
+                raise ValueError("missing: s3_secret_access_key is required when the warehouse is on S3 "
+                                 "(`lakehouse stack up` generates the local stack's)")
         if self.catalog_type == "sql" and not (self.catalog_uri or "").startswith(("sqlite", "postgresql")):
             raise ValueError("invalid: catalog_uri must be sqlite:///... when catalog_type is sql")
         if self.catalog_type == "rest" and not (self.catalog_uri or "").startswith("http"):
@@ -362,12 +375,28 @@ def _generated_secrets(file_values: dict[str, Any], overrides: dict[str, Any]) -
     from tasks.stack_secrets import read_values
 
     given = {k.lower(): v for k, v in {**file_values, **overrides}.items()}
-    state = given.get("state_dir") or os.environ.get(env_key("state_dir")) or ".lakehouse"
+    # the environment wins over the file and explicit values, as for every setting
+    state = os.environ.get(env_key("state_dir")) or given.get("state_dir") or ".lakehouse"
     try:
         generated = read_values(Path(state).expanduser().absolute())
     except ValueError as exc:
         raise SettingsError(env_key("state_dir"), str(exc)) from None
     return {k: v for k, v in generated.items() if k in Settings.model_fields}
+
+
+def state_dir_of(config_file: Path | str | None = None) -> Path:
+    """The state folder the settings will name, without validating anything else: where ``stack
+    up`` must generate the secrets that the settings then read."""
+    path = config_file or os.environ.get(CONFIG_ENV) or None
+    file_state = None
+    if path:
+        try:
+            values = tomllib.loads(Path(path).read_text())
+            file_state = values.get("lakehouse", values).get("state_dir")
+        except (OSError, tomllib.TOMLDecodeError):
+            pass  # load_settings reports it, naming the key
+    state = os.environ.get(env_key("state_dir")) or file_state or ".lakehouse"
+    return Path(state).expanduser().absolute()
 
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:

@@ -21,13 +21,19 @@ from tasks.transforms import silver
 
 
 def check_increment(settings: Settings, increment: Increment) -> DataFrame:
-    """The increment's bronze rows, validated once, as one in-memory partition.
+    """The increment's bronze rows, validated once, in ``compute_partitions`` partitions hashed
+    by event_id (``silver.spread``), kept where they were computed.
 
-    One partition: on Ray every later join, groupby or window over the many partitions of a
-    collected scan shuffles them (seconds each on a small box), while over one partition it runs
-    in a single task. Validation itself still runs in parallel."""
+    With one, as one in-memory partition: on Ray every later join, groupby or window over the
+    many partitions of a collected scan shuffles them (seconds each on a small box), while over
+    one partition it runs in a single task. With more, every copy of an event sits in one
+    partition and dedup runs as that many tasks over the cluster's nodes. Validation itself runs
+    in parallel either way."""
     bronze = read_bronze_increment(increment, io_config(settings, "silver"))
-    return daft.from_arrow(silver.validate(bronze, settings.silver_max_value_bytes).to_arrow())
+    checked = silver.validate(bronze, settings.silver_max_value_bytes)
+    if settings.compute_partitions <= 1:
+        return daft.from_arrow(checked.to_arrow())
+    return silver.spread(checked, settings.compute_partitions, "event_id").collect()
 
 
 def rejected_rows(checked: DataFrame) -> pa.Table:
@@ -92,5 +98,11 @@ def rebuilt_user_versions(settings: Settings, checked: DataFrame, users: list[st
         return pa.table({name: pa.array([], pa.null()) for name in silver.DIM_USER_COLUMNS}), rebuild
     wanted = daft.from_arrow(pa.table({"user_id": pa.array(rebuild, pa.string())}))
     events = silver.events_of(daft.read_iceberg(facts_table, io_config=io_config(settings, "silver")), wanted)
-    # the windows run over one in-memory partition: over the scan's partitions Ray shuffles them
-    return silver.user_versions(daft.from_arrow(events.to_arrow())).to_arrow(), rebuild
+    if settings.compute_partitions <= 1:
+        # the windows run over one in-memory partition: over the scan's partitions Ray shuffles them
+        events = daft.from_arrow(events.to_arrow())
+    else:  # each user's events in one of N partitions: the windows run as N tasks over the cluster
+        events = silver.spread(events, settings.compute_partitions, "user_id")
+    # one order for every partition count: the committed file is the same
+    versions = silver.user_versions(events).to_arrow().sort_by([("user_id", "ascending"), ("valid_from", "ascending")])
+    return versions, rebuild

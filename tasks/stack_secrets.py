@@ -1,8 +1,8 @@
 """The secrets a local stack makes for itself, and how the settings find them.
 
 ``lakehouse stack up`` generates them once into ``<state_dir>/secrets`` (folder 0700, files
-0600): the Prefect server's basic-auth string, the REST catalog's bearer token, one S3 key pair
-per storage role, Ray's token and SeaweedFS's signing keys. ``load_settings`` reads them as
+0600): the Prefect server's basic-auth string, the REST catalog's bearer token, the S3 admin
+pair and one S3 key pair per storage role, Ray's token and SeaweedFS's signing keys. ``load_settings`` reads them as
 defaults below the settings file and the environment, so every ``lakehouse`` command, the
 Prefect worker and the flow runs it starts use the same values without any being written into a
 config file, a command line or a log. Users of managed services set these values themselves;
@@ -67,6 +67,9 @@ def generate(state_dir: Path, fields: list[str]) -> list[str]:
     wanted = {
         "prefect_api_auth_string": lambda: f"lakehouse:{secrets.token_urlsafe(24)}",
         "catalog_token": lambda: secrets.token_urlsafe(32),
+        # the admin pair: buckets, and the REST catalog server's metadata writes
+        "s3_access_key_id": lambda: f"lakehouse-admin-{secrets.token_hex(4)}",
+        "s3_secret_access_key": lambda: secrets.token_urlsafe(30),
     }
     for role, key_field, secret_field in role_key_fields(fields):
         wanted[key_field] = lambda role=role: f"lakehouse-{role}-{secrets.token_hex(4)}"

@@ -32,9 +32,11 @@ def _stack_client_env() -> None:
 _stack_client_env()
 
 
-# Modules that stop the Ray head run last, in this order: Ray ends a driver whose head goes away,
-# and Daft keeps its runner for the life of the process, so nothing after them may use Ray.
-LAST_MODULES = ("test_ray_faults.py", "test_stack_lifecycle.py")
+# Modules that disturb the Ray cluster run last, in this order: the two-node test takes a second
+# node away (warm actors that need no CPU may have been placed on it), and the next two stop the
+# head: Ray ends a driver whose head goes away, and Daft keeps its runner for the life of the
+# process, so nothing after them may use Ray.
+LAST_MODULES = ("test_two_nodes.py", "test_ray_faults.py", "test_stack_lifecycle.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from daft import DataFrame, DataType, col, lit
 
+from tasks.transforms.silver import spread
+
 PERCENTILES = (50, 95, 99)
 
 
@@ -93,9 +95,12 @@ def dim_date(first: date, last: date) -> DataFrame:
     )
 
 
-def daily_conversion_metrics(facts: DataFrame) -> DataFrame:
-    """(event_date, direction): volume, success rate, users, latency percentiles."""
-    grouped = facts.groupby("event_date", "direction").agg(
+def daily_conversion_metrics(facts: DataFrame, partitions: int = 1) -> DataFrame:
+    """(event_date, direction): volume, success rate, users, latency percentiles.
+
+    ``partitions`` > 1: the groups are aggregated in that many partitions hashed by their keys
+    (``silver.spread``), so Ray spreads them over the cluster; the rows are the same."""
+    grouped = spread(facts, partitions, "event_date", "direction").groupby("event_date", "direction").agg(
         col("direction").count("all").alias("requests"),
         col("success").cast(DataType.int64()).sum().alias("successes"),
         col("user_id").count_distinct().alias("unique_users"),
@@ -140,9 +145,10 @@ def plan_at_event(facts: DataFrame, users: DataFrame) -> DataFrame:
     return matched.concat(anonymous.select(*matched.column_names))
 
 
-def daily_plan_metrics(facts: DataFrame, users: DataFrame) -> DataFrame:
+def daily_plan_metrics(facts: DataFrame, users: DataFrame, partitions: int = 1) -> DataFrame:
     """(event_date, user_plan) with the plan in force when each call happened."""
-    planned = plan_at_event(facts.select("event_date", "occurred_at", "user_id", "user_plan", "success"), users)
+    known = spread(facts.select("event_date", "occurred_at", "user_id", "user_plan", "success"), partitions, "user_id")
+    planned = spread(plan_at_event(known, users), partitions, "event_date", "user_plan")
     return planned.groupby("event_date", "user_plan").agg(
         col("user_plan").count("all").cast(DataType.int64()).alias("requests"),
         col("success").cast(DataType.int64()).sum().cast(DataType.int64()).alias("successes"),
@@ -150,14 +156,14 @@ def daily_plan_metrics(facts: DataFrame, users: DataFrame) -> DataFrame:
     )
 
 
-def user_daily_activity(facts: DataFrame) -> DataFrame:
+def user_daily_activity(facts: DataFrame, partitions: int = 1) -> DataFrame:
     """(user_id, event_date): one known user's activity on one day.
 
     Every column of the user summary except the current plan and country is a sum, min, max or
     row count of these rows, so a late event rebuilds one day of this table and the summary of
     the touched users is then aggregated from it (at most one row per user and day) instead of
     from all their facts."""
-    known = facts.where(col("user_id").not_null())
+    known = spread(facts.where(col("user_id").not_null()), partitions, "user_id", "event_date")
     daily = known.groupby("user_id", "event_date").agg(
         col("occurred_at").min().alias("first_seen_at"),
         col("occurred_at").max().alias("last_seen_at"),
@@ -173,10 +179,10 @@ def user_daily_activity(facts: DataFrame) -> DataFrame:
     )
 
 
-def user_summary_from_daily(daily: DataFrame, users: DataFrame) -> DataFrame:
+def user_summary_from_daily(daily: DataFrame, users: DataFrame, partitions: int = 1) -> DataFrame:
     """The user summary from :func:`user_daily_activity` rows: one row per user, over every day
     of theirs present in ``daily``, with their current plan and country."""
-    activity = daily.groupby("user_id").agg(
+    activity = spread(daily, partitions, "user_id").groupby("user_id").agg(
         col("first_seen_at").min(),
         col("last_seen_at").max(),
         col("requests").sum().cast(DataType.int64()),
@@ -200,14 +206,15 @@ def user_summary_from_daily(daily: DataFrame, users: DataFrame) -> DataFrame:
     )
 
 
-def user_activity_summary(facts: DataFrame, users: DataFrame) -> DataFrame:
+def user_activity_summary(facts: DataFrame, users: DataFrame, partitions: int = 1) -> DataFrame:
     """One row per known user over all their facts, with their current plan and country."""
-    return user_summary_from_daily(user_daily_activity(facts), users)
+    return user_summary_from_daily(user_daily_activity(facts, partitions), users, partitions)
 
 
-def hourly_api_usage(facts: DataFrame) -> DataFrame:
+def hourly_api_usage(facts: DataFrame, partitions: int = 1) -> DataFrame:
     """(event_hour, endpoint, http_status): load and latency per hour."""
-    hourly = facts.with_column("event_hour", col("occurred_at").date_trunc("1 hour"))
+    hourly = spread(facts.with_column("event_hour", col("occurred_at").date_trunc("1 hour")), partitions,
+                    "event_hour", "endpoint", "http_status")
     grouped = hourly.groupby("event_hour", "endpoint", "http_status").agg(
         col("endpoint").count("all").cast(DataType.int64()).alias("requests"),
         col("latency_ms").mean().alias("avg_latency_ms"),

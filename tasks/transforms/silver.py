@@ -57,6 +57,15 @@ def validate(bronze: DataFrame, max_value_bytes: int) -> DataFrame:
     }).exclude("occurred_at_us")
 
 
+def spread(frame: DataFrame, partitions: int, *keys: str) -> DataFrame:
+    """``frame`` in ``partitions`` partitions hashed by ``keys``: every row of one key in one
+    partition, so the joins, groupbys and windows over that key run as that many tasks, which
+    Ray places on every node and core. With one, ``frame`` is left as it is: the caller keeps it in
+    one in-memory partition, which on one small node beats any shuffle. The rows are the same for
+    every count."""
+    return frame.repartition(partitions, *keys) if partitions > 1 else frame
+
+
 def rejected(checked: DataFrame) -> DataFrame:
     """Quarantine rows: every record that breaks the contract, with why, its raw bytes and where it came from."""
     return checked.where(col("reason_codes").list_count() > 0).select(*REJECTED_COLUMNS)

@@ -3,7 +3,7 @@ should not.
 
 The secrets: every SecretStr setting of the stack that is set (the generated ones of
 ``<state>/secrets/settings.json``: Prefect's basic-auth string, the catalog's bearer token, the
-per-role S3 secrets; and the S3 secret of infra/stack.toml), Ray's token, SeaweedFS's JWT signing
+per-role S3 secrets; and infra/stack.toml's S3 secret if it holds one), Ray's token, SeaweedFS's JWT signing
 keys. The Prefect credential is looked for as well in the forms it travels in: its password part
 alone, and base64 (the Basic authorization header).
 
@@ -200,8 +200,8 @@ ALLOWED = (
             "this file, written 0600 by infra/services.py; nothing but S3 secrets may be in it"),
     Allowed("run/ray/session_*/runtime_resources/working_dir_files/_ray_pkg_*/*", REPO_COPY,
             "Ray's copy of the project (its source and .venv) that it ships to its workers: it may "
-            "hold what the repository itself holds at that path, i.e. the committed development S3 "
-            "pair of infra/stack.toml and files that quote it; never a generated secret"),
+            "hold what the repository itself holds at that path (files that quote a secret, such as "
+            "Compose's development pair); never a generated secret"),
 )
 
 
@@ -281,7 +281,7 @@ def needles(stack_settings) -> dict[bytes, str]:
     values = secret_values(stack_settings, STATE)
     names = " = ".join(values.values())
     for expected in ("prefect_api_auth_string", "catalog_token", "Ray's auth token", "SeaweedFS signing key",
-                     "s3_ingest_secret_access_key", "s3_secret_access_key of stack.toml"):
+                     "s3_ingest_secret_access_key", "s3_secret_access_key"):
         assert expected in names, f"the stack has no {expected}: is it up with its generated secrets?"
     return values
 

@@ -23,6 +23,13 @@ def clean_env(monkeypatch, tmp_path):
     monkeypatch.setenv("LAKEHOUSE_STATE_DIR", str(tmp_path / "state"))
 
 
+def test_stack_profile_without_keys_says_stack_up_makes_them(monkeypatch):
+    monkeypatch.setenv("LAKEHOUSE_CONFIG", str(ROOT / "infra" / "stack.toml"))
+    with pytest.raises(SettingsError) as err:
+        load_settings()  # a fresh state folder: nothing generated yet
+    assert err.value.key == "LAKEHOUSE_S3_ACCESS_KEY_ID" and "stack up" in err.value.message
+
+
 def test_embedded_is_the_default_and_needs_no_secret(tmp_path):
     s = load_settings()
     assert s.profile == "embedded"
@@ -59,6 +66,8 @@ def test_settings_are_frozen():
 
 def test_secrets_never_appear_in_repr_or_redacted(monkeypatch):
     monkeypatch.setenv("LAKEHOUSE_CONFIG", str(ROOT / "infra" / "stack.toml"))
+    monkeypatch.setenv("LAKEHOUSE_S3_ACCESS_KEY_ID", "lakehouse")
+    monkeypatch.setenv("LAKEHOUSE_S3_SECRET_ACCESS_KEY", SECRET)
     s = load_settings()
     assert SECRET not in repr(s) and SECRET not in str(s.model_dump())
     assert s.redacted()["LAKEHOUSE_S3_SECRET_ACCESS_KEY"] == "**********"
@@ -112,9 +121,19 @@ def test_cli_bad_value_exits_2_with_one_line_naming_the_key(tmp_path):
 def test_cli_missing_secret_exits_2(tmp_path):
     env = {k: v for k, v in stack_environment().items() if k != "LAKEHOUSE_CONFIG"}
     env.update({"LAKEHOUSE_STATE_DIR": str(tmp_path), "LAKEHOUSE_PROFILE": "stack", "LAKEHOUSE_S3_ACCESS_KEY_ID": "k"})
-    result = _cli(["stack", "status"], env)
+    result = _cli(["config", "show"], env)  # `stack ...` would generate the local stack's keys first
     assert result.returncode == 2
     assert result.stderr.startswith("error: LAKEHOUSE_S3_SECRET_ACCESS_KEY")
+
+
+def test_cli_stack_commands_generate_the_keys_they_need(tmp_path):
+    env = {k: v for k, v in stack_environment().items() if k != "LAKEHOUSE_CONFIG"}
+    env.update({"LAKEHOUSE_STATE_DIR": str(tmp_path), "LAKEHOUSE_CONFIG": str(ROOT / "infra" / "stack.toml")})
+    assert _cli(["config", "show"], env).returncode == 2  # nothing generated yet
+    _cli(["stack", "status"], env)
+    shown = _cli(["config", "show"], env)
+    assert shown.returncode == 0, shown.stderr
+    assert "LAKEHOUSE_S3_SECRET_ACCESS_KEY=**********" in shown.stdout
 
 
 def test_cli_port_already_taken_exits_2_naming_the_key(tmp_path):

@@ -19,6 +19,15 @@ from tasks.stack_secrets import generate, read_values, secrets_dir
 FIELDS = list(Settings.model_fields)
 
 
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """Only what a test passes: `make test` exports LAKEHOUSE_CONFIG=infra/stack.toml."""
+    import os
+
+    for key in [k for k in os.environ if k.startswith("LAKEHOUSE_")]:
+        monkeypatch.delenv(key)
+
+
 def _mode(path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -48,9 +57,6 @@ def test_generate_makes_private_files_once(tmp_path):
 def test_settings_read_generated_secrets_below_file_and_environment(tmp_path, monkeypatch):
     generate(tmp_path, FIELDS)
     values = read_values(tmp_path)
-    for key in list(__import__("os").environ):
-        if key.startswith("LAKEHOUSE_"):
-            monkeypatch.delenv(key)
     s = load_settings(None, state_dir=str(tmp_path))
     assert s.prefect_api_auth_string.get_secret_value() == values["prefect_api_auth_string"]
     assert s.catalog_token.get_secret_value() == values["catalog_token"]

@@ -162,7 +162,7 @@ def stack_up(services: list[str] = typer.Argument(None, help="only these service
         except StackError as exc:
             fail(str(exc), 1)
     for status in stack.status(services or None):
-        out.print(status.line(), markup=False, highlight=False)
+        out.print(status.line(), markup=False, highlight=False, soft_wrap=True)
     err.print(f"up in {sum(timings.values()):.1f}s", highlight=False)
 
 
@@ -201,7 +201,7 @@ def stack_status(services: list[str] = typer.Argument(None, help="only these ser
     except SettingsError as exc:
         fail(str(exc), 2)
     for row in rows:
-        out.print(row.line(), markup=False, highlight=False)
+        out.print(row.line(), markup=False, highlight=False, soft_wrap=True)  # one line per service, however long
     if not all(r.healthy for r in rows):
         raise typer.Exit(1)
 

@@ -33,13 +33,13 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from private_lake import ROOT, file_lake, isolate_prefect  # noqa: E402
+from sampling import PeriodicSampler  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 RESULT = ROOT / "benchmarks" / "results" / "scaling.json"
@@ -80,25 +80,16 @@ def workers_by_node() -> dict[str, int]:
     return out
 
 
-class Sampler:
+class Sampler(PeriodicSampler):
+    """Peak memory of the Ray workers of each node, every ``interval`` seconds."""
+
     def __init__(self, interval: float):
-        self.interval, self.peak, self.baseline = interval, {}, workers_by_node()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(interval)
+        self.peak, self.baseline = {}, workers_by_node()
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for node, size in workers_by_node().items():
-                self.peak[node] = max(self.peak.get(node, 0), size)
-            self._stop.wait(self.interval)
+    def sample(self) -> None:
+        for node, size in workers_by_node().items():
+            self.peak[node] = max(self.peak.get(node, 0), size)
 
     def summary(self, names: dict[str, str]) -> dict:
         return {names.get(node, node[:8]): {"peak_mb": mb(size), "growth_mb": mb(size - self.baseline.get(node, 0))}

@@ -32,7 +32,6 @@ import os
 import re
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -40,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import silver_promotion as sp  # noqa: E402
 from private_lake import file_lake, isolate_prefect  # noqa: E402
+from sampling import PeriodicSampler  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "silver_backlog.json"
@@ -60,37 +60,27 @@ def build(lake: Path, stream: Path, records: int, snapshot_records: int) -> dict
     return {"bronze_snapshots": len(snapshots), "land_seconds": round(time.monotonic() - began, 1)}
 
 
-class StorePoll:
+class StorePoll(PeriodicSampler):
     """Ray object store usage (MiB, all nodes) once a second, in the child."""
 
     def __init__(self):
+        super().__init__(1.0)
         self.peak_mib = 0
         self.peak_spilled_mib = 0
         self.error: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
+    def sample(self) -> None:
         from ray._private.internal_api import memory_summary
 
-        while not self._stop.wait(1.0):
-            try:
-                text = memory_summary(stats_only=True)
-            except Exception as exc:  # noqa: BLE001 - a figure missing, not a failed benchmark
-                self.error = repr(exc)[:300]
-                continue
-            if used := re.search(r"Plasma memory usage (\d+) MiB", text):
-                self.peak_mib = max(self.peak_mib, int(used.group(1)))
-            if spilled := re.search(r"Spilled (\d+) MiB", text):
-                self.peak_spilled_mib = max(self.peak_spilled_mib, int(spilled.group(1)))
+        try:
+            text = memory_summary(stats_only=True)
+        except Exception as exc:  # noqa: BLE001 - a figure missing, not a failed benchmark
+            self.error = repr(exc)[:300]
+            return
+        if used := re.search(r"Plasma memory usage (\d+) MiB", text):
+            self.peak_mib = max(self.peak_mib, int(used.group(1)))
+        if spilled := re.search(r"Spilled (\d+) MiB", text):
+            self.peak_spilled_mib = max(self.peak_spilled_mib, int(spilled.group(1)))
 
 
 def child_drain(ns) -> None:

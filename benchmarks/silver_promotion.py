@@ -50,7 +50,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from datetime import datetime, timezone
@@ -59,6 +58,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from private_lake import file_lake, isolate_prefect  # noqa: E402
+from sampling import PeriodicSampler  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "silver_promotion.json"
@@ -280,30 +280,15 @@ def _job_of(pid: int) -> str | None:
     return None
 
 
-class Sampler:
+class Sampler(PeriodicSampler):
     """RSS of a process tree and of the Ray workers of each Ray job, every ``interval`` seconds."""
 
     def __init__(self, root: int, interval: float):
-        self.root, self.interval = root, interval
+        super().__init__(interval)
+        self.root = root
         self.samples: list[dict] = []
         self.hwm = 0
         self.jobs: dict[int, str | None] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            began = time.monotonic()
-            self.sample()
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - began)))
 
     def sample(self) -> None:
         procs = {}

@@ -605,16 +605,11 @@ class PrefectWorker(Service):
 
     def settings_fingerprint(self) -> str:
         # The flows it runs read their settings from its environment: a new profile needs a new worker.
-        return hashlib.sha256(json.dumps(self.settings.as_env(), sort_keys=True).encode()).hexdigest()[:16]
+        return settings_env_fingerprint(self.settings)
 
     def check_health(self) -> str | None:
-        request = urllib.request.Request(
-            f"{self.settings.prefect_api_url}/work_pools/{self.pool}/workers/filter",
-            data=b"{}", headers={"Content-Type": "application/json", **prefect_auth_header(self.settings)}, method="POST",
-        )
         try:
-            with urllib.request.urlopen(request, timeout=3) as resp:  # noqa: S310 - loopback
-                workers = json.loads(resp.read())
+            workers = prefect_post(self.settings, f"/work_pools/{self.pool}/workers/filter", {})
         except (OSError, ValueError) as exc:
             return f"cannot list the pool's workers: {exc}"
         if any(w.get("status") == "ONLINE" for w in workers):
@@ -641,21 +636,33 @@ class ContinuousPipeline(Service):
         return [sys.executable, "-m", "flows.cli", "serve-continuous"], env
 
     def settings_fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.settings.as_env(), sort_keys=True).encode()).hexdigest()[:16]
+        return settings_env_fingerprint(self.settings)
 
     def check_health(self) -> str | None:
         body = {"flows": {"name": {"any_": ["continuous-pipeline"]}},
                 "flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}, "limit": 1}
-        request = urllib.request.Request(
-            f"{self.settings.prefect_api_url}/flow_runs/filter", data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", **prefect_auth_header(self.settings)}, method="POST",
-        )
         try:
-            with urllib.request.urlopen(request, timeout=3) as resp:  # noqa: S310 - loopback
-                runs = json.loads(resp.read())
+            runs = prefect_post(self.settings, "/flow_runs/filter", body)
         except (OSError, ValueError) as exc:
             return f"cannot list flow runs: {exc}"
         return None if runs else "no continuous-pipeline flow run is Running yet"
+
+
+def settings_env_fingerprint(settings: Settings) -> str:
+    """Changes with any setting: a process that reads them all from its environment (the worker,
+    the continuous pipeline) must restart when one changes."""
+    return hashlib.sha256(json.dumps(settings.as_env(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prefect_post(settings: Settings, path: str, body: dict):
+    """POST ``body`` to the Prefect API (with its basic auth) and return the decoded answer: the
+    health checks use this rather than a client, to stay cheap. Raises OSError or ValueError."""
+    request = urllib.request.Request(
+        f"{settings.prefect_api_url}{path}", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **prefect_auth_header(settings)}, method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=3) as resp:  # noqa: S310 - loopback
+        return json.loads(resp.read())
 
 
 def prefect_env(settings: Settings) -> dict[str, str]:

@@ -3,7 +3,8 @@ identities document (``weed -s3.config``) that enforces it on the local stack.
 
 ingest writes bronze; silver reads bronze and writes silver; gold reads silver and writes gold;
 serving (``lakehouse sql``, notebooks, reports, verify) reads every layer and writes nothing;
-maintenance reads, writes and deletes in every layer. Each role also reads the bucket it writes:
+maintenance reads, writes and deletes in every layer. The writing roles also append to the audit
+bucket (data-quality results, lineage events), and serving reads it. Each role also reads the bucket it writes:
 an Iceberg commit reads the table's manifests, silver deduplicates against its own history, gold
 merges into its own tables.
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from tasks.settings import LAYERS, ROLES, Settings
+from tasks.settings import AUDIT, NAMESPACES, ROLES, Settings
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,15 @@ class Grant:
     delete: tuple[str, ...] = ()
 
 
+# Every flow appends what it records about itself (data-quality results, lineage events) to the
+# audit namespace: each writing role writes there too (appends only, no deletes), and reads it,
+# because an Iceberg commit reads the table's manifests.
 GRANTS: dict[str, Grant] = {
-    "ingest": Grant(read=("bronze",), write=("bronze",)),
-    "silver": Grant(read=("bronze", "silver"), write=("silver",)),
-    "gold": Grant(read=("silver", "gold"), write=("gold",)),
-    "serving": Grant(read=LAYERS),
-    "maintenance": Grant(read=LAYERS, write=LAYERS, delete=LAYERS),
+    "ingest": Grant(read=("bronze", AUDIT), write=("bronze", AUDIT)),
+    "silver": Grant(read=("bronze", "silver", AUDIT), write=("silver", AUDIT)),
+    "gold": Grant(read=("silver", "gold", AUDIT), write=("gold", AUDIT)),
+    "serving": Grant(read=NAMESPACES),
+    "maintenance": Grant(read=NAMESPACES, write=NAMESPACES, delete=NAMESPACES),
 }
 assert tuple(GRANTS) == ROLES
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError
 
-from tasks.settings import ADMIN_ROLE, LAYERS, S3Role, Settings
+from tasks.settings import ADMIN_ROLE, NAMESPACES, S3Role, Settings
 
 if TYPE_CHECKING:  # heavy imports only where used
     import daft.io
@@ -79,9 +79,9 @@ def open_catalog(settings: Settings, role: S3Role) -> Catalog:
 
 
 def ensure_namespaces(catalog: Catalog, settings: Settings) -> list[str]:
-    """Create bronze, silver and gold, each located in its own layer bucket; idempotent."""
+    """Create bronze, silver, gold and audit, each located in its own bucket; idempotent."""
     created = []
-    for layer in LAYERS:
+    for layer in NAMESPACES:
         try:
             catalog.create_namespace(layer, {"location": settings.layer_location(layer)})
             created.append(layer)
@@ -131,11 +131,11 @@ def s3_client(settings: Settings, role: S3Role):
 
 
 def ensure_buckets(settings: Settings) -> list[str]:
-    """Create the three layer buckets if missing (as admin); returns the ones it created."""
+    """Create the layer buckets and the audit bucket if missing (as admin); returns the ones it created."""
     client = s3_client(settings, ADMIN_ROLE)
     existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
     created = []
-    for layer in LAYERS:
+    for layer in NAMESPACES:
         name = settings.bucket(layer)
         if name not in existing:
             client.create_bucket(Bucket=name)

@@ -16,7 +16,7 @@ from pyiceberg.table.snapshots import is_parent_ancestor_of
 
 from tasks.catalog import io_config, open_catalog
 from tasks.offsets import RESET_KEY
-from tasks.settings import LAYERS, Settings
+from tasks.settings import NAMESPACES, Settings
 
 _NAME = re.compile(r"\b(bronze|silver|gold)\.([A-Za-z_][A-Za-z0-9_]*)\b")
 _BINDING = re.compile(r"\b(bronze|silver|gold)__([A-Za-z_][A-Za-z0-9_]*)\b")  # _NAME as Daft sees it
@@ -49,7 +49,7 @@ def _binding(layer: str, name: str) -> str:
 def table_names(catalog: Catalog) -> list[str]:
     """``<layer>.<table>`` of every table the catalog lists, without loading them."""
     names = []
-    for layer in LAYERS:
+    for layer in NAMESPACES:
         try:
             idents = catalog.list_tables(layer)
         except Exception:  # noqa: BLE001 - a missing namespace just has no tables

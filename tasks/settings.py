@@ -20,6 +20,10 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 ENV_PREFIX = "LAKEHOUSE_"
 CONFIG_ENV = "LAKEHOUSE_CONFIG"
 LAYERS = ("bronze", "silver", "gold")
+# What the platform records about itself (data-quality results, lineage events): a namespace and
+# bucket of its own beside the medallion layers, which verify and the layer roles reason about.
+AUDIT = "audit"
+NAMESPACES = (*LAYERS, AUDIT)
 # The S3 roles of least privilege (infra/storage_roles.py grants each its buckets and actions);
 # ADMIN_ROLE, the single pair, only provisions buckets and is the catalog server's.
 ROLES = ("ingest", "silver", "gold", "serving", "maintenance")
@@ -324,8 +328,9 @@ class Settings(BaseSettings):
         return self.model_copy(update=dict.fromkeys(ROLE_CREDENTIAL_FIELDS))
 
     def bucket(self, layer: str) -> str:
-        if layer not in LAYERS:
-            raise ValueError(f"unknown layer {layer!r}; expected one of {LAYERS}")
+        """The bucket of a layer or of the audit namespace."""
+        if layer not in NAMESPACES:
+            raise ValueError(f"unknown layer {layer!r}; expected one of {NAMESPACES}")
         return f"{self.bucket_prefix}-{layer}"
 
     def layer_location(self, layer: str) -> str:

@@ -28,7 +28,7 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
-from tasks.settings import LAYERS, Settings
+from tasks.settings import NAMESPACES, Settings
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class TableSpec:
 
     def __post_init__(self) -> None:
         layer, _, name = self.identifier.partition(".")
-        if layer not in LAYERS or not name or name.count("_") < 1:
+        if layer not in NAMESPACES or not name or name.count("_") < 1:
             raise ValueError(f"table name {self.identifier!r} must be <layer>.<domain>_<entity>_<type>")
 
     @property

@@ -107,10 +107,10 @@ def start_private_catalog(settings: Settings) -> None:
 
 def _delete_buckets(settings: Settings) -> None:
     from tasks.catalog import s3_client
-    from tasks.settings import LAYERS
+    from tasks.settings import NAMESPACES
 
     client = s3_client(settings, "admin")
-    for layer in LAYERS:
+    for layer in NAMESPACES:
         bucket = settings.bucket(layer)
         try:
             pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)

@@ -23,7 +23,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tasks.settings import LAYERS, ROLES, Settings, load_settings
+from tasks.settings import AUDIT, LAYERS, NAMESPACES, ROLES, Settings, load_settings
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.stack
@@ -32,11 +32,12 @@ WEED = ROOT / ".lakehouse" / "bin" / "weed"
 START_SECONDS = 90.0
 
 # The spec: (layers it reads, layers it writes, layers it deletes in).
-ALL = set(LAYERS)
+# Every writer also appends to the audit bucket (what the platform records about itself).
+ALL = set(NAMESPACES)
 SPEC: dict[str, tuple[set[str], set[str], set[str]]] = {
-    "ingest": ({"bronze"}, {"bronze"}, set()),
-    "silver": ({"bronze", "silver"}, {"silver"}, set()),
-    "gold": ({"silver", "gold"}, {"gold"}, set()),
+    "ingest": ({"bronze", AUDIT}, {"bronze", AUDIT}, set()),
+    "silver": ({"bronze", "silver", AUDIT}, {"silver", AUDIT}, set()),
+    "gold": ({"silver", "gold", AUDIT}, {"gold", AUDIT}, set()),
     "serving": (ALL, set(), set()),
     "maintenance": (ALL, ALL, ALL),
 }
@@ -116,7 +117,7 @@ def seaweed(tmp_path_factory) -> Settings:
                     pytest.fail(f"weed mini not serving S3 after {START_SECONDS:.0f}s: {exc}; log: {log}")
                 time.sleep(0.3)
         ensure_buckets(settings)
-        for layer in LAYERS:
+        for layer in NAMESPACES:
             client("admin", settings).put_object(Bucket=settings.bucket(layer), Key=SEED, Body=b"seed")
         yield settings
     finally:
@@ -184,7 +185,7 @@ def test_silver_is_refused_writing_bronze_or_gold(seaweed):
 
 def test_serving_reads_everything_and_is_refused_any_write(seaweed):
     serving = client("serving", seaweed)
-    for layer in LAYERS:
+    for layer in NAMESPACES:
         bucket = seaweed.bucket(layer)
         assert serving.get_object(Bucket=bucket, Key=SEED)["Body"].read() == b"seed"
         assert SEED in [o["Key"] for o in serving.list_objects_v2(Bucket=bucket).get("Contents", [])]
@@ -206,7 +207,7 @@ def test_ingest_is_refused_writing_silver_and_gold(seaweed):
         assert denied(ingest.put_object, Bucket=bucket, Key=f"probe/{uuid.uuid4().hex}", Body=b"x")
 
 
-@pytest.mark.parametrize("layer", LAYERS)
+@pytest.mark.parametrize("layer", NAMESPACES)
 def test_maintenance_deletes_in_every_layer(seaweed, layer):
     maintenance, bucket = client("maintenance", seaweed), seaweed.bucket(layer)
     one, two, three = (plant(seaweed, bucket) for _ in range(3))
@@ -220,13 +221,14 @@ def test_maintenance_deletes_in_every_layer(seaweed, layer):
 @pytest.mark.parametrize("role", ["ingest", "silver", "gold"])
 def test_a_writer_is_refused_deleting_even_in_its_own_layer(seaweed, role):
     writer = client(role, seaweed)
-    [layer] = SPEC[role][1]
-    bucket = seaweed.bucket(layer)
-    victim = plant(seaweed, bucket)
-    assert denied(writer.delete_object, Bucket=bucket, Key=victim)
-    errors = writer.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": victim}]}).get("Errors", [])
-    assert [e["Code"] for e in errors] == ["AccessDenied"]
-    assert exists(seaweed, bucket, victim)
+    for layer in sorted(SPEC[role][1]):
+        bucket = seaweed.bucket(layer)
+        victim = plant(seaweed, bucket)
+        assert denied(writer.delete_object, Bucket=bucket, Key=victim)
+        errors = writer.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": victim}]}).get("Errors", [])
+        assert [e["Code"] for e in errors] == ["AccessDenied"]
+        assert exists(seaweed, bucket, victim)
+    bucket = seaweed.bucket(role if role != "ingest" else "bronze")
     # an upload in parts is a write: allowed, and so is abandoning it
     upload = writer.create_multipart_upload(Bucket=bucket, Key=f"parts/{uuid.uuid4().hex}")
     writer.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
@@ -238,7 +240,7 @@ def test_a_writer_is_refused_deleting_even_in_its_own_layer(seaweed, role):
 def test_each_role_reads_writes_and_deletes_exactly_where_the_spec_says(seaweed, role):
     reads, writes, deletes = SPEC[role]
     s3 = client(role, seaweed)
-    for layer in LAYERS:
+    for layer in NAMESPACES:
         bucket = seaweed.bucket(layer)
         where = f"{role} in {bucket}"
         assert denied(s3.get_object, Bucket=bucket, Key=SEED) == (layer not in reads), f"{where}: get"

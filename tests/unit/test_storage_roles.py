@@ -118,12 +118,14 @@ def test_the_role_is_required():
 READ = {"s3:ListBucket", "s3:GetBucketLocation", "s3:GetObject"}
 WRITE = {"s3:PutObject"}
 DELETE = {"s3:DeleteObject"}
+# Every writer appends to the audit bucket too (DQ results, lineage events), never deleting there.
 EXPECTED = {
-    "ingest": {"bronze": READ | WRITE},
-    "silver": {"bronze": READ, "silver": READ | WRITE},
-    "gold": {"silver": READ, "gold": READ | WRITE},
-    "serving": {"bronze": READ, "silver": READ, "gold": READ},
-    "maintenance": {"bronze": READ | WRITE | DELETE, "silver": READ | WRITE | DELETE, "gold": READ | WRITE | DELETE},
+    "ingest": {"bronze": READ | WRITE, "audit": READ | WRITE},
+    "silver": {"bronze": READ, "silver": READ | WRITE, "audit": READ | WRITE},
+    "gold": {"silver": READ, "gold": READ | WRITE, "audit": READ | WRITE},
+    "serving": {"bronze": READ, "silver": READ, "gold": READ, "audit": READ},
+    "maintenance": {"bronze": READ | WRITE | DELETE, "silver": READ | WRITE | DELETE, "gold": READ | WRITE | DELETE,
+                    "audit": READ | WRITE | DELETE},
 }
 BUCKET_ACTIONS = {"s3:ListBucket", "s3:GetBucketLocation"}  # granted on the bucket, the rest on its objects
 

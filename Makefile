@@ -10,7 +10,7 @@ export LAKEHOUSE_CONFIG ?= infra/stack.toml
 DOCKER_COMPOSE := .lakehouse/docker/cli-plugins/docker-compose
 export DOCKER_CONFIG := $(CURDIR)/.lakehouse/docker
 
-.PHONY: install demo up down status test unit bench compose chromium
+.PHONY: install demo up down status test unit bench compose chromium peers bench-peers
 
 install:  ## uv (if missing) and the locked Python environment
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q "uv==$(UV_VERSION)"
@@ -49,3 +49,15 @@ unit: install  ## only the tests that need no service
 
 bench: install
 	$(UV) run python benchmarks/stack_startup.py
+
+# Peers (issue 18): Spark 4.0 + Iceberg and Iceberg's Kafka Connect sink, outside the main environment
+# (own virtualenv and jars under .lakehouse/peers; poms in infra/peers). Not part of `make test`.
+PEERS := .lakehouse/peers
+peers:  ## pyspark in its own virtualenv, the Spark/Iceberg/Kafka jars, Kafka Connect and the Iceberg sink plugin
+	@test -x $(PEERS)/venv/bin/python || $(UV) venv -q --python 3.11 $(PEERS)/venv
+	$(UV) pip install -q --python $(PEERS)/venv/bin/python pyspark==4.0.0
+	for p in spark connect-runtime connect-plugin; do \
+	  mvn -q -B -s infra/peers/settings.xml -f infra/peers/$$p/pom.xml dependency:copy-dependencies || exit 1; done
+
+bench-peers: install peers  ## the peers side by side with our own paths (needs the stack; writes benchmarks/results/peers.json)
+	$(UV) run python benchmarks/peers.py

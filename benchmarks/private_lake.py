@@ -95,8 +95,11 @@ class PrivateLake:
 
     def __init__(self, base: "Settings", label: str, workdir: Path | None = None,
                  layers: Iterable[str] = ("bronze",)):
+        from tasks.settings import AUDIT
+
         self.name = unique(label)
-        self.layers = tuple(layers)
+        # the flows append what they record about themselves (DQ results, lineage) to audit
+        self.layers = tuple(dict.fromkeys((*layers, AUDIT)))
         self.own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-")) if workdir is None else Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)

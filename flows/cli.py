@@ -218,22 +218,32 @@ def produce(
     wrong_conversion_rate: float = typer.Option(0.0005, help="share of successful calls with a wrong answer"),
     v2_share: float = typer.Option(0.3, help="share of schema_version 2 events"),
     users: int = typer.Option(5000, min=1, help="size of the user population"),
+    trend: float = typer.Option(0.0, help="traffic growth per week (0.05 = +5%/week)"),
+    seasonal: bool = typer.Option(False, help="a weekday profile and hour-to-hour noise on the daily curve"),
+    incident: list[str] = typer.Option([], help="inject KIND@YYYY-MM-DDTHH[+HOURS][:DIRECTION][*MAGNITUDE]; "
+                                       "KIND error_burst|latency_spike|traffic_drop, DIRECTION to_roman|from_roman|both"),
+    random_incidents: int = typer.Option(0, min=0, help="inject this many incidents at seeded random hours"),
+    truth: Optional[Path] = typer.Option(None, help="write what was injected (JSON) to this file"),
 ) -> None:
     """Emulate the Roman Numeral Service: send conversion events to the Kafka topic."""
     from datetime import datetime, timezone
 
-    from tasks.simulator import ProduceError, TrafficProfile
+    from tasks.simulator import ProduceError, TrafficProfile, choose_incidents, write_truth
     from tasks.simulator import produce as send
 
     s = settings()
     try:
+        end = datetime.now(timezone.utc)
         profile = TrafficProfile(
             events=events, rate=rate, days=days, seed=seed, duplicate_rate=duplicate_rate, late_rate=late_rate,
             malformed_rate=malformed_rate, wrong_conversion_rate=wrong_conversion_rate, v2_share=v2_share,
-            users=users, end=datetime.now(timezone.utc),
+            users=users, end=end, trend=trend, seasonal=seasonal,
+            incidents=choose_incidents(incident, random_incidents, end, days, seed),
         )
     except ValueError as exc:
         fail(str(exc), 2)
+    if truth is not None:
+        write_truth(profile, truth)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err) as progress:
         row = progress.add_task(f"producing to {s.kafka_topic}", total=events)
         try:
@@ -540,28 +550,35 @@ def sql(
 
 
 @app.command("tables")
-def tables_cmd(fmt: str = typer.Option("table", "--format", help="table, json or csv")) -> None:
+def tables_cmd(fmt: str = typer.Option("table", "--format", help="table, json or csv"),
+               wide: bool = typer.Option(False, "--wide", help="every column, however wide")) -> None:
     """Every table with its rows, files, size, current snapshot and last commit time."""
     from dataclasses import asdict
 
+    from flows.commands.terminal import print_tables
     from tasks.serving import describe_tables
 
     _formats(fmt)
-    _emit([asdict(t) for t in describe_tables(settings())], fmt)
+    rows = [asdict(t) for t in describe_tables(settings())]
+    if fmt == "table":
+        print_tables(out, rows, wide)
+    else:
+        _emit(rows, fmt)
 
 
 @app.command("history")
-def history_cmd(table: str, fmt: str = typer.Option("table", "--format", help="table, json or csv")) -> None:
+def history_cmd(table: str, fmt: str = typer.Option("table", "--format", help="table, json or csv"),
+                wide: bool = typer.Option(False, "--wide", help="add the parent and the summary we keep")) -> None:
     """A table's snapshots: operation, time, and the summary we keep (offsets, upstream snapshot, counts)."""
+    from flows.commands.terminal import print_history
     from tasks.serving import history
 
     _formats(fmt)
     rows = history(settings(), table)
     if fmt == "table":
-        rows = [{**r, "lakehouse": json.dumps(r["lakehouse"])[:120]} for r in rows]
-        if not any(r["reset"] for r in rows):
-            rows = [{k: v for k, v in r.items() if k != "reset"} for r in rows]
-    _emit(rows, fmt)
+        print_history(out, rows, wide)
+    else:
+        _emit(rows, fmt)
 
 
 @app.command("verify")
@@ -604,12 +621,18 @@ def diff_cmd(
     from_snapshot: int = typer.Option(..., "--from", help="snapshot id (exclusive)"),
     to_snapshot: int = typer.Option(..., "--to", help="snapshot id (inclusive)"),
     fmt: str = typer.Option("table", "--format", help="table, json or csv"),
+    wide: bool = typer.Option(False, "--wide", help="every column, however wide"),
 ) -> None:
     """The rows appended to a table between two snapshots."""
+    from flows.commands.terminal import print_diff
     from tasks.serving import diff
 
     _formats(fmt)
-    _emit(diff(settings(), table, from_snapshot, to_snapshot), fmt)
+    rows = diff(settings(), table, from_snapshot, to_snapshot)
+    if fmt == "table":
+        print_diff(out, table, rows, wide)
+    else:
+        _emit(rows, fmt)
 
 
 @app.command("maintain")
@@ -642,6 +665,22 @@ def _prefect_client_env(s: Settings) -> None:
     from infra.services import prefect_env
 
     os.environ.update({k: v for k, v in prefect_env(s).items() if k in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")})
+
+
+from flows.commands import notebook as _notebook, report as _report  # noqa: E402 - they use settings() and fail() above
+
+app.command("report")(_report.report_cmd)
+app.command("notebook")(_notebook.notebook_cmd)
+
+from flows.commands.dq import dq_app  # noqa: E402
+from flows.commands.replay import replay_cmd  # noqa: E402
+
+app.add_typer(dq_app, name="dq")
+app.command("replay")(replay_cmd)
+
+from flows.commands.lineage import lineage_cmd  # noqa: E402
+
+app.command("lineage")(lineage_cmd)
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m flows.cli`

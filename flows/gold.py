@@ -39,13 +39,18 @@ from tasks.commits import (
     upstream_snapshot,
 )
 from tasks.compute import plan_while_ray_starts, use_ray
+from tasks.quality.steps import check_gold_days
 from tasks.scans import distinct_added, pending_range, plan_increment, read_days, read_user_rows
+from tasks.lineage.run import emits_lineage
 from tasks.settings import Settings, load_settings
 from tasks.tables import (
     BRONZE_CONVERSION_EVENTS_RAW,
+    GOLD_CAPACITY_FORECAST,
     GOLD_DAILY_CONVERSION_METRICS,
     GOLD_DAILY_PLAN_METRICS,
     GOLD_DIM_DATE,
+    GOLD_FORECAST_ACCURACY,
+    GOLD_HOURLY_ANOMALIES,
     GOLD_HOURLY_API_USAGE,
     GOLD_TABLES,
     GOLD_USER_ACTIVITY_SUMMARY,
@@ -63,6 +68,7 @@ from tasks.orchestration import (
     replan_on_conflict,
     table_lock,
 )
+from tasks.data_science import anomaly_change, forecast_changes
 from tasks.transforms import gold
 
 # Test affordance (SIGKILL this process, see tasks.orchestration.crash_if): "planned" (a plan with
@@ -289,6 +295,19 @@ def build_dim_date(settings: Settings, plan: GoldPlan) -> dict[str, int]:
     return _replace_all(settings, plan, [(GOLD_DIM_DATE, rows, AlwaysTrue(), {"days": len(days)})], catalog)
 
 
+@task(cache_policy=NO_CACHE)
+def build_data_science(settings: Settings, plan: GoldPlan) -> dict[str, int]:
+    """gold.hourly_anomalies for the touched days and the later days whose baselines read them,
+    then the capacity forecast and its backtest from the committed hourly requests."""
+    catalog = open_catalog(settings, "gold")
+    committed = {}
+    if not _built(GOLD_HOURLY_ANOMALIES, plan):
+        committed.update(_replace_all(settings, plan, [anomaly_change(settings, catalog, plan)], catalog))
+    if not (_built(GOLD_CAPACITY_FORECAST, plan) and _built(GOLD_FORECAST_ACCURACY, plan)):
+        committed.update(_replace_all(settings, plan, forecast_changes(settings, catalog, plan), catalog))
+    return committed
+
+
 def _publish_latest_day(settings: Settings) -> None:
     """A markdown artifact with the newest day's metrics, for whoever opens the run in the UI."""
     from prefect.artifacts import create_markdown_artifact
@@ -307,6 +326,7 @@ def _publish_latest_day(settings: Settings) -> None:
 
 
 @flow(name="build-gold", log_prints=False)
+@emits_lineage("build-gold", "gold")
 def gold_flow(full: bool = False, silver_snapshot_id: Optional[int] = None, settings: Optional[Settings] = None,
               crash_at: Optional[str] = None) -> dict:
     """Rebuild gold for what changed in silver (or everything with ``full``); nothing new, no commit.
@@ -342,6 +362,8 @@ def _build(settings: Settings, full: bool, logger, crash_at: str | None = None) 
         report.committed.update(build_user_summary(settings, plan))  # reads what the daily tables committed
         crash_if("summary-committed", crash_at)
         report.committed.update(calendar.result())
+        report.committed.update(build_data_science(settings, plan))
+    check_gold_days(settings, plan.run_id, None if plan.full else list(plan.days), plan.upto, report.committed)
     publish_counts("build-gold", {"days rebuilt": report.days, "users rebuilt": report.users,
                                   "tables committed": len(report.committed), "full": full,
                                   "seconds": round(time.monotonic() - began, 3)},

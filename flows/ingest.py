@@ -23,6 +23,7 @@ from tasks.commits import Offsets, append_files_with_offsets, append_with_offset
 from tasks.compute import plan_while_ray_starts, use_ray
 from tasks.kafka import PartitionRange, commit_group_offsets, watermarks
 from tasks.offsets import RESET_KEY, OffsetsOutOfRangeError, encode_reset, offset_problems, plan_reset
+from tasks.lineage.run import emits_lineage
 from tasks.settings import Settings, load_settings
 from tasks.tables import BRONZE_CONVERSION_EVENTS_RAW, ensure_table
 from tasks.orchestration import (
@@ -140,6 +141,7 @@ def commit_consumer_group(settings: Settings, report: BatchReport) -> None:
 
 
 @flow(name="ingest-bronze", log_prints=False)
+@emits_lineage("ingest-bronze", "ingest")
 def ingest_flow(
     max_records: Optional[int] = None,
     max_bytes: Optional[int] = None,

@@ -17,8 +17,9 @@ from pyiceberg.exceptions import NoSuchTableError
 from tasks.catalog import open_catalog
 from tasks.maintenance import downstream_watermarks, maintain_table
 from tasks.orchestration import TRANSIENT_RETRY, crash_if, publish_counts, table_lock
+from tasks.lineage.run import emits_lineage
 from tasks.settings import Settings, load_settings
-from tasks.tables import ALL_TABLES, TableSpec
+from tasks.tables import MAINTAINED_TABLES, TableSpec
 
 
 # Test affordance (SIGKILL this process, see tasks.orchestration.crash_if), as POINT or
@@ -69,6 +70,7 @@ def totals(report: dict[str, dict]) -> dict[str, int]:
 
 
 @flow(name="maintain-tables", log_prints=False)
+@emits_lineage("maintain-tables", "maintenance")
 def maintenance_flow(dry_run: bool = False, settings: Optional[Settings] = None,
                      crash_at: Optional[str] = None) -> dict:
     """Maintain every table that exists; returns {"dry_run", "totals", "tables": {identifier: report}}.
@@ -76,13 +78,13 @@ def maintenance_flow(dry_run: bool = False, settings: Optional[Settings] = None,
     ``crash_at`` (tests only) SIGKILLs the process at one of ``CRASH_POINTS`` (``POINT@TABLE``: only
     while maintaining that table)."""
     if crash_at is not None and (crash_at.partition("@")[0] not in CRASH_POINTS or crash_at.partition("@")[2]
-                                 not in ("", *(spec.identifier for spec in ALL_TABLES))):
+                                 not in ("", *(spec.identifier for spec in MAINTAINED_TABLES))):
         raise ValueError(f"crash_at must be one of {CRASH_POINTS}, optionally @<table>, got {crash_at!r}")
     settings = settings or load_settings()
     logger = get_run_logger()
     catalog = open_catalog(settings, "maintenance")
     tables = {}
-    for spec in ALL_TABLES:
+    for spec in MAINTAINED_TABLES:
         try:
             tables[spec.identifier] = catalog.load_table(spec.identifier)
         except NoSuchTableError:
@@ -91,7 +93,7 @@ def maintenance_flow(dry_run: bool = False, settings: Optional[Settings] = None,
     watermarks = downstream_watermarks(tables.values())
     report = {
         spec.identifier: maintain(settings, spec, dry_run, sorted(watermarks.get(spec.identifier, ())), crash_at)
-        for spec in ALL_TABLES if spec.identifier in tables
+        for spec in MAINTAINED_TABLES if spec.identifier in tables
     }
     counts = totals(report)
     logger.info("maintenance%s: %s", " (dry run)" if dry_run else "", counts)

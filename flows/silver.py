@@ -23,7 +23,10 @@ from tasks.catalog import open_catalog
 from tasks.commits import REPORT_KEY, RUN_ID_KEY, commit_rows, conform, replace_filter, upstream_key, upstream_snapshot
 from tasks.compute import plan_while_ray_starts, use_ray
 from tasks.daft_host import Kept, daft_jobs
+from tasks.quality.results import with_quarantined
+from tasks.quality.steps import check_new_facts, prewarm as prewarm_quality
 from tasks.scans import Increment, bounded_range, pending_range, plan_increment
+from tasks.lineage.run import emits_lineage
 from tasks.settings import Settings, load_settings
 from tasks.tables import (
     BRONZE_CONVERSION_EVENTS_RAW,
@@ -147,8 +150,9 @@ class Outcome:
 
 
 @task(cache_policy=NO_CACHE)
-def commit_rejected(settings: Settings, plan: SilverPlan, jobs, checked: Kept) -> Outcome:
-    rows = jobs.call(silver_jobs.rejected_rows, checked)
+def commit_rejected(settings: Settings, plan: SilverPlan, jobs, checked: Kept, dq_rows=None) -> Outcome:
+    """The contract's quarantine rows and ``dq_rows``, those a data-quality expectation quarantined."""
+    rows = with_quarantined(jobs.call(silver_jobs.rejected_rows, checked), dq_rows)
     reasons: dict[str, int] = {}
     for codes in rows.column("reason_codes").to_pylist():
         for code in codes:
@@ -158,12 +162,12 @@ def commit_rejected(settings: Settings, plan: SilverPlan, jobs, checked: Kept) -
 
 
 @task(cache_policy=NO_CACHE)
-def commit_facts(settings: Settings, plan: SilverPlan, jobs, checked: Kept) -> Outcome:
-    """Append the batch's first arrivals (``silver_jobs.new_facts``); an earlier arrival of a
-    stored event replaces it in the same commit."""
+def commit_facts(settings: Settings, plan: SilverPlan, jobs, checked: Kept, found=None) -> Outcome:
+    """Append the batch's first arrivals (``silver_jobs.new_facts``, or ``found`` as data quality
+    left them); an earlier arrival of a stored event replaces it in the same commit."""
     import pyarrow.compute as pc
 
-    found = jobs.call(silver_jobs.new_facts, settings, checked)
+    found = found if found is not None else jobs.call(silver_jobs.new_facts, settings, checked)
     rows, replaced_ids = found.rows, found.replaced_ids
     if rows.num_rows and pc.any(pc.equal(rows.column("schema_version"), 2)).as_py():
         _add_v2_columns(ensure_table(open_catalog(settings, "silver"), settings, SILVER_FACT_CONVERSIONS))
@@ -202,6 +206,7 @@ def commit_users(settings: Settings, plan: SilverPlan, jobs, checked: Kept, user
 
 
 @flow(name="promote-silver", log_prints=False)
+@emits_lineage("promote-silver", "silver")
 def silver_flow(
     bronze_snapshot_id: Optional[int] = None,
     settings: Optional[Settings] = None,
@@ -259,15 +264,18 @@ def _promote(settings: Settings, crash_at: str | None, logger, head: list[int | 
         logger.info("silver is up to date with bronze; nothing committed")
         return report.as_dict()
     report.bronze_from, report.bronze_to = plan.increment.after, plan.increment.upto
+    prewarm_quality(settings)  # GX loads while the batch is read
     jobs = daft_jobs(settings, use_ray(settings))
     checked = check_bronze(settings, plan, jobs)
     try:
         report.bronze_records = checked.rows
         crash_if("read", crash_at)
-        quarantined = commit_rejected(settings, plan, jobs, checked)
+        # the suite runs on the new facts before any commit: a `fail` stops here, `quarantine` rows move
+        dq = check_new_facts(settings, plan.run_id, plan.increment.upto, jobs.call(silver_jobs.new_facts, settings, checked))
+        quarantined = commit_rejected(settings, plan, jobs, checked, dq.quarantined)
         report.rejected, report.reasons = quarantined.rows, quarantined.detail["reasons"]
         crash_if("rejected-committed", crash_at)
-        promoted = commit_facts(settings, plan, jobs, checked)
+        promoted = commit_facts(settings, plan, jobs, checked, dq.facts)
         report.facts = promoted.rows
         report.duplicates_dropped = promoted.detail["duplicates_dropped"]
         report.replaced_by_earlier_arrival = promoted.detail["replaced_by_earlier_arrival"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,8 +18,36 @@ if TYPE_CHECKING:
     from confluent_kafka import Consumer
 
 
+class ClientLog:
+    """Where librdkafka's own log lines go (the ``logger`` setting of every client we build)
+    instead of straight to stderr, where they cut into a command's output (``%4|…|GETPID|…``):
+    the Prefect run's logger inside a flow or task run, else the ``lakehouse.kafka`` logger, at
+    DEBUG below ERROR, since librdkafka retries what it warns about and the client's API reports
+    what finally fails. The client hands them over when polled."""
+
+    def log(self, level: int, message: str, *args) -> None:
+        logger = _run_logger()
+        if logger is not None:
+            logger.log(level, message, *args)
+        else:
+            logging.getLogger("lakehouse.kafka").log(level if level >= logging.ERROR else logging.DEBUG, message, *args)
+
+
+def _run_logger():
+    """The current Prefect run's logger, or None outside a run (a Ray actor never imports Prefect)."""
+    context = sys.modules.get("prefect.context")
+    if context is None or (context.FlowRunContext.get() is None and context.TaskRunContext.get() is None):
+        return None
+    from prefect import get_run_logger
+
+    return get_run_logger()
+
+
+CLIENT_LOG = ClientLog()
+
+
 def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "socket.timeout.ms": 5000})
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "socket.timeout.ms": 5000, "logger": CLIENT_LOG})
 
 
 def ensure_topic(settings: Settings, topic: str | None = None, partitions: int | None = None) -> list[str]:
@@ -61,6 +91,7 @@ def consumer_config(bootstrap: str, group: str | None = None) -> dict:
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
         "queued.max.messages.kbytes": 16384,  # prefetch per consumer: part of a writer actor's memory
         "log_level": 3,
+        "logger": CLIENT_LOG,
     }
     return config
 

@@ -130,6 +130,21 @@ class Settings(BaseSettings):
     silver_max_batch_records: int = Field(1_000_000, ge=1, description="a silver promotion takes at most this many bronze records (whole bronze snapshots; one larger snapshot goes alone) and loops until caught up, so memory follows the bound, not the backlog")
     silver_max_batch_bytes: int = Field(512 * 1024 * 1024, ge=1024 * 1024, description="a silver promotion takes at most this many bytes of bronze data files (whole bronze snapshots; one larger snapshot goes alone)")
 
+    # Data quality (tasks/quality/): suites of expectations with a severity each, results in audit.dq_results
+    dq_enabled: bool = Field(True, description="evaluate the expectation suites on every silver promotion and gold build")
+    dq_suites_dir: Path | None = Field(None, description="folder of the suite files (<suite>.yml); empty: tasks/quality/suites in the repository")
+    dq_severities: str = Field("", description="severity overrides, name=warn|quarantine|fail[,name=...]: e.g. latency_ms_in_range=quarantine")
+    dq_volume_days: int = Field(7, ge=1, le=90, description="days of silver facts behind the batch_volume baseline (the trailing same-hour average)")
+
+    # Lineage (tasks/lineage/): OpenLineage run events of every flow, and a copy in audit.lineage_events
+    lineage_transport: Literal["off", "file", "http", "kafka"] = Field("file", description="where OpenLineage events go: file (<state_dir>/lineage/events.jsonl), http (lineage_url, e.g. Marquez), kafka (lineage_kafka_topic on kafka_bootstrap) or off; a backend that is down never fails a run: events are spooled in <state_dir>/lineage and re-sent")
+    lineage_url: str | None = Field(None, description="http transport: the OpenLineage backend's base URL (events are POSTed to <url>/api/v1/lineage)")
+    lineage_api_key: SecretStr | None = Field(None, description="http transport: API key sent as a bearer token (never logged)")
+    lineage_kafka_topic: str = Field("openlineage-events", description="kafka transport: the topic the events are produced to")
+    lineage_namespace: str = Field("lakehouse", description="OpenLineage job namespace of the flows")
+    lineage_timeout_seconds: float = Field(2.0, gt=0, le=60, description="seconds one event may take to send before it is spooled")
+    lineage_audit: bool = Field(True, description="also append every run's events to audit.lineage_events")
+
     # Prefect and Ray
     prefect_api_url: str = Field("http://127.0.0.1:4200/api", description="Prefect API URL")
     prefect_api_auth_string: SecretStr | None = Field(None, description="user:password of the Prefect server's basic auth; `stack up` generates one in the state folder's secrets (never logged)")
@@ -150,9 +165,16 @@ class Settings(BaseSettings):
     maintenance_retention_bronze_days: float = Field(30.0, ge=0, description="bronze snapshots older than this many days are expired")
     maintenance_retention_silver_days: float = Field(7.0, ge=0, description="silver snapshots older than this many days are expired")
     maintenance_retention_gold_days: float = Field(3.0, ge=0, description="gold snapshots older than this many days are expired")
+    maintenance_retention_audit_days: float = Field(30.0, ge=0, description="audit snapshots (audit.dq_results, audit.lineage_events) older than this many days are expired; their rows stay")
     maintenance_keep_last_snapshots: int = Field(5, ge=1, description="the newest this many snapshots of a table are never expired")
     maintenance_orphan_age_hours: float = Field(72.0, ge=1, description="unreferenced files under a table's location are deleted only when older than this many hours")
     maintenance_commit_attempts: int = Field(5, ge=1, le=100, description="compaction and expiry re-plan and retry this many times when a concurrent commit wins")
+
+    @field_validator("dq_severities")
+    @classmethod
+    def _dq_severities(cls, v: str) -> str:
+        _parse_severities(v)
+        return v
 
     @field_validator("maintenance_small_file_bytes")
     @classmethod
@@ -216,6 +238,11 @@ class Settings(BaseSettings):
     def _s3_endpoint(cls, v: str | None) -> str | None:
         return _check_url(v or None, "s3_endpoint", ("http", "https"))
 
+    @field_validator("lineage_url")
+    @classmethod
+    def _lineage_url(cls, v: str | None) -> str | None:
+        return _check_url(v or None, "lineage_url", ("http", "https"))
+
     @field_validator("prefect_api_url")
     @classmethod
     def _prefect_url(cls, v: str) -> str:
@@ -240,7 +267,8 @@ class Settings(BaseSettings):
                 raise ValueError(f"malformed address {server!r}: expected host:port")
         return v
 
-    @field_validator("bucket_prefix", "catalog_name", "kafka_topic", "kafka_consumer_group")
+    @field_validator("bucket_prefix", "catalog_name", "kafka_topic", "kafka_consumer_group", "lineage_kafka_topic",
+                     "lineage_namespace")
     @classmethod
     def _name(cls, v: str) -> str:
         if not v or not all(c.isalnum() or c in "-_." for c in v):
@@ -283,6 +311,12 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _lineage_backend(self) -> "Settings":
+        if self.lineage_transport == "http" and not self.lineage_url:
+            raise ValueError("missing: lineage_url is required when lineage_transport is http")
+        return self
+
+    @model_validator(mode="after")
     def _secrets_present(self) -> "Settings":
         if self.uses_s3:
             if not self.s3_access_key_id:
@@ -298,6 +332,11 @@ class Settings(BaseSettings):
         return self
 
     # ---- derived values -------------------------------------------------------------------
+
+    @property
+    def dq_severity_overrides(self) -> dict[str, str]:
+        """``dq_severities`` as expectation name -> severity."""
+        return _parse_severities(self.dq_severities)
 
     @property
     def catalog_tag(self) -> str:
@@ -362,6 +401,18 @@ class Settings(BaseSettings):
                 value = "**********" if value.get_secret_value() else ""
             out[env_key(name)] = "" if value is None else str(value)
         return out
+
+
+def _parse_severities(raw: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        name, sep, severity = (s.strip() for s in item.partition("="))
+        if not sep or not name or severity not in ("warn", "quarantine", "fail"):
+            raise ValueError(f"{item!r}: expected name=warn|quarantine|fail")
+        out[name] = severity
+    return out
 
 
 def _field_from_loc(loc: tuple[Any, ...], message: str) -> str:

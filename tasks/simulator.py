@@ -12,6 +12,7 @@ import base64
 import json
 import math
 import random
+import re
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from typing import NamedTuple
 
 from confluent_kafka import Producer
 
-from tasks.kafka import ensure_topic
+from tasks.kafka import CLIENT_LOG, ensure_topic
 from tasks.roman import MAX_VALUE, NUMERALS
 from tasks.settings import Settings
 
@@ -99,9 +100,125 @@ class OutRecord(NamedTuple):
     detail: str = ""
 
 
+INCIDENT_KINDS = ("error_burst", "latency_spike", "traffic_drop")
+INCIDENT_DIRECTIONS = ("to_roman", "from_roman", "both")
+DEFAULT_MAGNITUDE = {"error_burst": 0.25, "latency_spike": 4.0, "traffic_drop": 0.6}
+"""error_burst: share of the direction's calls that fail instead; latency_spike: factor on every
+latency; traffic_drop: share of the direction's calls that never arrive."""
+RANDOM_INCIDENT_WARMUP_DAYS = 7
+"""Random incidents avoid the first week of spans of two weeks or more: a detector needs history."""
+
+
+@dataclass(frozen=True)
+class Incident:
+    """A known fault injected into the traffic, from ``start`` (a whole UTC hour) for ``hours``."""
+
+    kind: str
+    start: datetime
+    hours: int = 1
+    direction: str = "both"
+    magnitude: float | None = None  # None: DEFAULT_MAGNITUDE[kind]
+
+    def __post_init__(self) -> None:
+        if self.kind not in INCIDENT_KINDS:
+            raise ValueError(f"incident kind must be one of {', '.join(INCIDENT_KINDS)}, got {self.kind!r}")
+        if self.direction not in INCIDENT_DIRECTIONS:
+            raise ValueError(f"incident direction must be one of {', '.join(INCIDENT_DIRECTIONS)}, "
+                             f"got {self.direction!r}")
+        if isinstance(self.hours, bool) or not isinstance(self.hours, int) or self.hours < 1:
+            raise ValueError(f"incident hours must be an integer >= 1, got {self.hours!r}")
+        if not isinstance(self.start, datetime) or self.start.tzinfo is None:
+            raise ValueError(f"incident start must be a timezone-aware datetime, got {self.start!r}")
+        start = self.start.astimezone(timezone.utc)
+        if (start.minute, start.second, start.microsecond) != (0, 0, 0):
+            raise ValueError(f"incident start must be a whole UTC hour, got {start.isoformat()}")
+        object.__setattr__(self, "start", start)
+        if self.magnitude is None:
+            object.__setattr__(self, "magnitude", DEFAULT_MAGNITUDE[self.kind])
+        m = self.magnitude
+        ok = isinstance(m, (int, float)) and not isinstance(m, bool) and math.isfinite(m)
+        if self.kind == "latency_spike" and not (ok and m > 1):
+            raise ValueError(f"latency_spike magnitude is a latency factor > 1, got {m!r}")
+        if self.kind != "latency_spike" and not (ok and 0 < m <= 1):
+            raise ValueError(f"{self.kind} magnitude is a share in (0, 1], got {m!r}")
+
+    @property
+    def end(self) -> datetime:
+        """The first hour after the incident (exclusive)."""
+        return self.start + timedelta(hours=self.hours)
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return ("to_roman", "from_roman") if self.direction == "both" else (self.direction,)
+
+    def as_truth(self) -> dict:
+        return {"kind": self.kind, "direction": self.direction, "start": _iso_hour(self.start),
+                "end": _iso_hour(self.end), "hours": self.hours, "magnitude": self.magnitude}
+
+
+def parse_incident(text: str) -> Incident:
+    """``KIND@START[+HOURS][:DIRECTION][*MAGNITUDE]``, e.g. ``error_burst@2025-01-03T14:00+2:to_roman``
+    (START a UTC hour); the CLI's way to choose an incident's time."""
+    form = "KIND@YYYY-MM-DDTHH[:00][+HOURS][:DIRECTION][*MAGNITUDE]"
+    match = re.fullmatch(r"\s*(\w+)@(\d{4}-\d{2}-\d{2}T\d{2}(?::00)?)(?:\+(\d+))?(?::(\w+))?(?:\*([0-9.]+))?\s*", text)
+    if match is None:
+        raise ValueError(f"incident {text!r} is not {form}")
+    kind, start, hours, direction, magnitude = match.groups()
+    when = datetime.fromisoformat(start if start.endswith(":00") else start + ":00").replace(tzinfo=timezone.utc)
+    return Incident(kind, when, int(hours or 1), direction or "both", float(magnitude) if magnitude else None)
+
+
+def random_incidents(start: datetime, end: datetime, count: int, seed: int) -> tuple[Incident, ...]:
+    """``count`` non-overlapping incidents of 1-3 hours at seeded random whole hours of [start, end),
+    cycling through the kinds; spans of 14 days or more keep the first week free of them."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"random incidents must be an integer >= 0, got {count!r}")
+    rng = random.Random(f"{seed}/incidents")
+    first = start.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    if end - start >= timedelta(days=2 * RANDOM_INCIDENT_WARMUP_DAYS):
+        first += timedelta(days=RANDOM_INCIDENT_WARMUP_DAYS)
+    slots = int((end - first) / timedelta(hours=1)) - 3
+    if count and slots < count * 6:
+        raise ValueError(f"{count} random incidents do not fit in the span; use fewer or more days")
+    taken: set[int] = set()
+    out = []
+    kinds = list(INCIDENT_KINDS)
+    rng.shuffle(kinds)
+    while len(out) < count:
+        hours = rng.randint(1, 3)
+        at = rng.randrange(slots)
+        if taken & set(range(at - 2, at + hours + 2)):  # keep incidents apart, so each is its own event
+            continue
+        taken.update(range(at, at + hours))
+        direction = rng.choice(INCIDENT_DIRECTIONS)
+        out.append(Incident(kinds[len(out) % len(kinds)], first + timedelta(hours=at), hours, direction))
+    return tuple(sorted(out, key=lambda i: (i.start, i.kind)))
+
+
+def choose_incidents(chosen: list[str] | tuple[str, ...], random_count: int, end: datetime, days: int,
+                     seed: int) -> tuple[Incident, ...]:
+    """The chosen incidents (``parse_incident`` texts) and ``random_count`` seeded random ones."""
+    picked = [parse_incident(text) for text in chosen]
+    picked += random_incidents(end - timedelta(days=days), end, random_count, seed)
+    return tuple(sorted(picked, key=lambda i: (i.start, i.kind, i.direction)))
+
+
+def write_truth(profile: "TrafficProfile", path) -> None:
+    """The profile's truth file (JSON): what was injected, incident by incident."""
+    from pathlib import Path
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(profile.truth(), indent=2) + "\n")
+
+
 @dataclass(frozen=True)
 class TrafficProfile:
-    """How much traffic, over which period, and how dirty; rates are shares of all records."""
+    """How much traffic, over which period, and how dirty; rates are shares of all records.
+
+    ``trend`` (growth per week), ``seasonal`` (a weekday profile and hour-to-hour noise instead of
+    the flat weekday/weekend split) and ``incidents`` are opt-in: without them the records are
+    exactly those of earlier versions."""
 
     events: int = 10_000
     rate: float = 0.0
@@ -114,6 +231,9 @@ class TrafficProfile:
     v2_share: float = 0.3
     users: int = 5000
     end: datetime = DEFAULT_END
+    trend: float = 0.0
+    seasonal: bool = False
+    incidents: tuple[Incident, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("events", "days", "seed", "users"):
@@ -141,6 +261,28 @@ class TrafficProfile:
         if not isinstance(self.end, datetime) or self.end.tzinfo is None:
             raise ValueError(f"end must be a timezone-aware datetime, got {self.end!r}")
         object.__setattr__(self, "end", self.end.astimezone(timezone.utc))
+        if not isinstance(self.trend, (int, float)) or isinstance(self.trend, bool) or not -0.5 <= self.trend <= 1:
+            raise ValueError(f"trend (growth per week) must be in [-0.5, 1], got {self.trend!r}")
+        if not isinstance(self.seasonal, bool):
+            raise ValueError(f"seasonal must be true or false, got {self.seasonal!r}")
+        object.__setattr__(self, "incidents", tuple(self.incidents))
+        for incident in self.incidents:
+            if not isinstance(incident, Incident):
+                raise ValueError(f"incidents must be Incident values, got {incident!r}")
+            if incident.end <= self.end - timedelta(days=self.days) or incident.start >= self.end:
+                raise ValueError(f"incident {incident.kind}@{_iso_hour(incident.start)} is outside the span "
+                                 f"{_iso_hour(self.end - timedelta(days=self.days))} .. {_iso_hour(self.end)}")
+
+    @property
+    def shaped(self) -> bool:
+        """Any opt-in shape: a trend, seasonality or incidents."""
+        return bool(self.trend or self.seasonal or self.incidents)
+
+    def truth(self) -> dict:
+        """What was injected, for measuring detection: the truth file of ``lakehouse produce --truth``."""
+        return {"seed": self.seed, "events": self.events, "start": (self.end - timedelta(days=self.days)).isoformat(),
+                "end": self.end.isoformat(), "trend_per_week": self.trend, "seasonal": self.seasonal,
+                "incidents": [i.as_truth() for i in self.incidents]}
 
     @property
     def end_ms(self) -> int:
@@ -334,6 +476,8 @@ def _count_per_hour(profile: TrafficProfile) -> list[tuple[int, int]]:
         mid = datetime.fromtimestamp((start + h * HOUR_MS + HOUR_MS // 2) / 1000, timezone.utc)
         daily = 0.2 + 0.8 * (0.5 - 0.5 * math.cos(2 * math.pi * (mid.hour + 0.5 - 3) / 24))
         weights.append(daily * (0.7 if mid.weekday() >= 5 else 1.0))
+    if profile.shaped:
+        weights = _shape_weights(profile, weights)
     total = sum(weights)
     counts, acc, placed = [], 0.0, 0
     for h, w in enumerate(weights):
@@ -342,6 +486,50 @@ def _count_per_hour(profile: TrafficProfile) -> list[tuple[int, int]]:
         counts.append((start + h * HOUR_MS, upto - placed))
         placed = upto
     return counts
+
+
+_WEEKDAY_FACTORS = (1.0, 1.04, 1.06, 1.03, 0.93, 0.62, 0.55)  # Monday .. Sunday, with --seasonal
+_HOUR_NOISE = 0.04  # sd of the multiplicative hour-to-hour noise, with --seasonal
+
+
+def _shape_weights(profile: TrafficProfile, weights: list[float]) -> list[float]:
+    """The opt-in shape on top of the diurnal curve: weekday profile and noise, trend, drops."""
+    rng = random.Random(f"{profile.seed}/shape")  # its own stream: the records' stream is untouched
+    start = profile.start_ms
+    out = []
+    for h, w in enumerate(weights):
+        mid_ms = start + h * HOUR_MS + HOUR_MS // 2
+        mid = datetime.fromtimestamp(mid_ms / 1000, timezone.utc)
+        if profile.seasonal:
+            w = w / (0.7 if mid.weekday() >= 5 else 1.0) * _WEEKDAY_FACTORS[mid.weekday()]
+            w *= max(0.5, rng.gauss(1.0, _HOUR_NOISE))
+        w *= (1 + profile.trend) ** ((mid_ms - start) / (7 * DAY_MS))
+        effects = _effects_at(profile.incidents, mid_ms)
+        if effects:  # each direction keeps (1 - its drop) of its calls
+            w *= sum(share * (1 - effects.get(d, (0.0,))[0]) for d, share in _DIRECTION_SHARE.items())
+        out.append(w)
+    return out
+
+
+_DIRECTION_SHARE = {"to_roman": _TO_ROMAN_SHARE, "from_roman": 1 - _TO_ROMAN_SHARE}
+
+
+def _effects_at(incidents: tuple[Incident, ...], ms: int) -> dict[str, tuple[float, float, float]] | None:
+    """{direction: (drop share, extra failure share, latency factor)} of the incidents active at
+    epoch ms ``ms``; None when none is."""
+    effects: dict[str, list[float]] = {}
+    for incident in incidents:
+        if _to_epoch_ms(incident.start) <= ms < _to_epoch_ms(incident.end):
+            for direction in incident.directions:
+                drop, fail, slow = effects.setdefault(direction, [0.0, 0.0, 1.0])
+                if incident.kind == "traffic_drop":
+                    drop = 1 - (1 - drop) * (1 - incident.magnitude)
+                elif incident.kind == "error_burst":
+                    fail = 1 - (1 - fail) * (1 - incident.magnitude)
+                else:
+                    slow *= incident.magnitude
+                effects[direction] = [drop, fail, slow]
+    return {d: (e[0], e[1], e[2]) for d, e in effects.items()} or None
 
 
 def _render_user(user_id: str | None, state: UserState | None) -> str:
@@ -381,6 +569,11 @@ def generate(profile: TrafficProfile) -> Iterator[OutRecord]:
     clients = tuple("}" if c is None else f',"client":{c}}}' for c in client_table)
     delays = tuple(int(rng.lognormvariate(math.log(40), 1.0)) for _ in range(1024))  # ms, send - occurred
 
+    incidents = profile.incidents
+    effects_by_hour: dict[int, dict | None] = {}
+    failures = {d: tuple(c for c in _build_calls()[0] if not c.success and c.direction == d) for d in _DIRECTION_SHARE} \
+        if incidents else {}
+
     first_day = (profile.start_ms - 9 * DAY_MS) // DAY_MS
     day_prefix = tuple(
         (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(days=d)).strftime("%Y-%m-%dT")
@@ -399,7 +592,14 @@ def generate(profile: TrafficProfile) -> Iterator[OutRecord]:
             changes, ufrags, regions, key = user_table[bits(16)]
             i = bisect_right(changes, occurred) if changes else 0
             ufrag, region = ufrags[i], regions[i]
-        call = call_table[bits(16)]
+        call, slow = call_table[bits(16)], 1.0
+        if incidents:
+            hour = occurred // HOUR_MS
+            if hour not in effects_by_hour:
+                effects_by_hour[hour] = _effects_at(incidents, hour * HOUR_MS)
+            effects = effects_by_hour[hour]
+            if effects:
+                call, slow = _incident_call(call, effects, call_table, failures, rnd, bits)
         if wrong:
             while not call.success:
                 call = call_table[bits(16)]
@@ -411,6 +611,8 @@ def generate(profile: TrafficProfile) -> Iterator[OutRecord]:
                 lat, tail = hit_latency[bits(12)], f"{region}true}}"
             else:
                 lat, tail = (ok_latency if call.success else fail_latency)[bits(12)], f"{region}false}}"
+            if slow != 1.0:
+                lat = f"{float(lat) * slow:.2f}"
             text = (
                 f'{{"event_id":"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}","event_type":"conversion",'
                 f'"schema_version":2,"occurred_at":"{day_prefix[d - first_day]}{hms[sod]}{millis[ms]}Z",'
@@ -418,6 +620,8 @@ def generate(profile: TrafficProfile) -> Iterator[OutRecord]:
             )
         else:
             lat = (ok_latency if call.success else fail_latency)[bits(12)]
+            if slow != 1.0:
+                lat = f"{float(lat) * slow:.2f}"
             text = (
                 f'{{"event_id":"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}","event_type":"conversion",'
                 f'"schema_version":1,"occurred_at":"{day_prefix[d - first_day]}{hms[sod]}{millis[ms]}Z",'
@@ -484,6 +688,29 @@ def generate(profile: TrafficProfile) -> Iterator[OutRecord]:
                     reservoir[bits(12)] = (key, value, ts)
             slot += 1
             yield record
+
+
+def _incident_call(call: _Call, effects: dict, call_table: tuple[_Call, ...], failures: dict,
+                   rnd: Callable[[], float], bits: Callable[[int], int]) -> tuple[_Call, float]:
+    """The call an incident leaves: a dropped direction's calls are redrawn (the hour's count
+    already shrank by the dropped share, so the other direction keeps its volume), a burst turns
+    calls into failures. Returns it with its latency factor."""
+    effect = effects.get(call.direction)
+    for _ in range(64):  # bounded: a drop of 1 in both directions leaves nothing to keep
+        if effect is None or not effect[0] or rnd() >= effect[0]:
+            break
+        call = call_table[bits(16)]
+        effect = effects.get(call.direction)
+    if effect is None:
+        return call, 1.0
+    if effect[1] and rnd() < effect[1]:
+        mine = failures[call.direction]
+        call = mine[bits(16) % len(mine)]
+    return call, effect[2]
+
+
+def _iso_hour(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _render_wrong_call(rng: random.Random, call: _Call) -> str:
@@ -589,6 +816,7 @@ def build_producer_config(settings: Settings) -> dict:
         "message.max.bytes": 8 * 1024 * 1024,
         "message.timeout.ms": 120_000,
         "delivery.report.only.error": True,
+        "logger": CLIENT_LOG,  # librdkafka's lines (GETPID while the broker starts) through the logger, not stderr
     }
 
 
@@ -659,6 +887,7 @@ def _to_epoch_ms(moment: datetime) -> int:
 
 
 __all__ = [
+    "INCIDENT_KINDS", "Incident", "choose_incidents", "parse_incident", "random_incidents", "write_truth",
     "KINDS", "MALFORMED_KINDS", "OutRecord", "ProduceError", "ProduceReport", "TrafficProfile", "User",
     "UserState", "build_population", "generate", "produce", "build_producer_config",
 ]

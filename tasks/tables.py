@@ -228,9 +228,47 @@ GOLD_HOURLY_API_USAGE = TableSpec(
     identifier="gold.hourly_api_usage", schema=_HOURLY,
     partition_spec=_identity(_HOURLY, "event_date"), properties=_EXACTLY_ONCE,
 )
+# Data science (tasks/transforms/anomalies.py, tasks/transforms/forecast.py): per hour and direction,
+# each metric with its robust baseline, score and flag; baseline_weeks 0 = the short-history fallback.
+_ANOMALIES = _columns(
+    ("event_hour", TimestamptzType()), ("direction", StringType()),
+    ("requests", LongType()), ("requests_baseline", DoubleType()), ("requests_score", DoubleType()),
+    ("requests_anomaly", BooleanType()),
+    ("error_rate", DoubleType()), ("error_rate_baseline", DoubleType()), ("error_rate_score", DoubleType()),
+    ("error_rate_anomaly", BooleanType()),
+    ("p95_latency_ms", DoubleType()), ("p95_latency_ms_baseline", DoubleType()),
+    ("p95_latency_ms_score", DoubleType()), ("p95_latency_ms_anomaly", BooleanType()),
+    ("is_anomaly", BooleanType()), ("baseline_weeks", IntegerType()),
+)
+GOLD_HOURLY_ANOMALIES = TableSpec(
+    identifier="gold.hourly_anomalies", schema=_ANOMALIES,
+    partition_spec=PartitionSpec(PartitionField(source_id=1, field_id=1000, transform=DayTransform(), name="event_day")),
+    properties=_EXACTLY_ONCE,
+)
+GOLD_CAPACITY_FORECAST = TableSpec(
+    identifier="gold.capacity_forecast",
+    schema=_columns(
+        ("direction", StringType()), ("metric", StringType()), ("forecast_date", DateType()),
+        ("horizon_days", IntegerType()), ("forecast", DoubleType()), ("lower_80", DoubleType()),
+        ("upper_80", DoubleType()), ("lower_95", DoubleType()), ("upper_95", DoubleType()),
+        ("model", StringType()), ("history_through", DateType()),
+    ),
+    properties=_EXACTLY_ONCE,
+)
+GOLD_FORECAST_ACCURACY = TableSpec(
+    identifier="gold.forecast_accuracy",
+    schema=_columns(
+        ("direction", StringType()), ("metric", StringType()), ("model", StringType()), ("holdout_days", IntegerType()),
+        ("mape", DoubleType()), ("coverage_80", DoubleType()), ("coverage_95", DoubleType()),
+        ("history_through", DateType()),
+    ),
+    properties=_EXACTLY_ONCE,
+)
+DATA_SCIENCE_TABLES = (GOLD_HOURLY_ANOMALIES, GOLD_CAPACITY_FORECAST, GOLD_FORECAST_ACCURACY)
+
 GOLD_TABLES = (
     GOLD_DIM_DATE, GOLD_DAILY_CONVERSION_METRICS, GOLD_DAILY_PLAN_METRICS, GOLD_USER_DAILY_ACTIVITY,
-    GOLD_USER_ACTIVITY_SUMMARY, GOLD_HOURLY_API_USAGE,
+    GOLD_USER_ACTIVITY_SUMMARY, GOLD_HOURLY_API_USAGE, *DATA_SCIENCE_TABLES,
 )
 
 ALL_TABLES: tuple[TableSpec, ...] = (
@@ -240,6 +278,43 @@ ALL_TABLES: tuple[TableSpec, ...] = (
     SILVER_DIM_USERS,
     *GOLD_TABLES,
 )
+
+
+# Data quality (tasks/quality/): one row per expectation per evaluated batch; snapshot_id is the
+# snapshot checked (silver: the bronze snapshot the batch promotes up to; gold: the table's commit).
+AUDIT_DQ_RESULTS = TableSpec(
+    identifier="audit.dq_results",
+    schema=_columns(
+        ("run_id", StringType()), ("flow", StringType()), ("table_name", StringType()), ("snapshot_id", LongType()),
+        ("suite", StringType()), ("expectation", StringType()), ("expectation_type", StringType()),
+        ("severity", StringType()), ("success", BooleanType()), ("observed_value", StringType()),
+        ("element_count", LongType()), ("unexpected_count", LongType()), ("unexpected_percent", DoubleType()),
+        ("evaluated_at", TimestamptzType()),
+    ),
+    partition_spec=PartitionSpec(PartitionField(source_id=14, field_id=1000, transform=DayTransform(), name="evaluated_day")),
+    properties={"write.parquet.compression-codec": "zstd"},
+)
+
+
+# Lineage (tasks/lineage/): every OpenLineage run event of every flow, one commit per run; the
+# lakehouse's own copy whatever the transport. `event` is the event's JSON as sent.
+AUDIT_LINEAGE_EVENTS = TableSpec(
+    identifier="audit.lineage_events",
+    schema=_columns(
+        ("event_time", TimestamptzType()), ("event_type", StringType()), ("run_id", StringType()),
+        ("job_namespace", StringType()), ("job_name", StringType()), ("parent_run_id", StringType()),
+        ("inputs", ListType(100, StringType(), element_required=False)),
+        ("outputs", ListType(101, StringType(), element_required=False)),
+        ("output_snapshots", StringType()), ("event", StringType()),
+    ),
+    partition_spec=PartitionSpec(PartitionField(source_id=1, field_id=1000, transform=DayTransform(), name="event_day")),
+    properties={"write.parquet.compression-codec": "zstd"},
+)
+
+AUDIT_TABLES = (AUDIT_DQ_RESULTS, AUDIT_LINEAGE_EVENTS)
+# Every table maintenance compacts and expires: the medallion tables and the audit appends, which
+# grow by one small commit per flow run.
+MAINTAINED_TABLES: tuple[TableSpec, ...] = (*ALL_TABLES, *AUDIT_TABLES)
 
 
 def ensure_table(catalog: Catalog, settings: Settings, spec: TableSpec) -> Table:

@@ -119,7 +119,8 @@ def unreachable(candidates: Iterable[str], protected: set[str]) -> list[str]:
 def retention_ms(settings: Settings, layer: str) -> int:
     days = {"bronze": settings.maintenance_retention_bronze_days,
             "silver": settings.maintenance_retention_silver_days,
-            "gold": settings.maintenance_retention_gold_days}[layer]
+            "gold": settings.maintenance_retention_gold_days,
+            "audit": settings.maintenance_retention_audit_days}[layer]
     return int(days * 86_400_000)
 
 

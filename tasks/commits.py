@@ -165,7 +165,7 @@ def commit_rows(
     other run's commit and duplicate them. An empty ``rows`` still commits, to move the bookkeeping.
     """
     transaction = _checked_transaction(table, still_current)
-    with _naming_full_store(table):
+    with naming_full_store(table):
         if delete_filter is not None:
             transaction.delete(delete_filter, snapshot_properties=dict(summary))
         transaction.append(rows, snapshot_properties=dict(summary))
@@ -182,7 +182,7 @@ def commit_files(
 ) -> int:
     """Like ``commit_rows`` for data files already written (by the ingest writers): one fast append."""
     transaction = _checked_transaction(table, still_current)
-    with _naming_full_store(table):
+    with naming_full_store(table):
         with transaction.update_snapshot(snapshot_properties=dict(summary)).fast_append() as append:
             for data_file in data_files:
                 append.append_data_file(data_file)
@@ -195,7 +195,7 @@ _STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 @contextmanager
-def _naming_full_store(table: Table) -> Iterator[None]:
+def naming_full_store(table: Table) -> Iterator[None]:
     """A full store while writing a commit's data, manifest or metadata files: Arrow's error
     names no file ("Error writing bytes to file"), so say which table and where. The errno stays:
     such an error is permanent (tasks.orchestration.is_transient), and nothing was committed."""

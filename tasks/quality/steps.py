@@ -104,9 +104,12 @@ def record_results(settings: Settings, role: S3Role, outcomes, **row_fields) -> 
     """Append one audit.dq_results row per outcome (appends only: a retried commit cannot
     duplicate a conflicting one's rows, it re-applies this append on the new head)."""
     rows = results.result_rows(outcomes, **row_fields)
+    from tasks.commits import naming_full_store
+
     table = ensure_table(open_catalog(settings, role), settings, AUDIT_DQ_RESULTS)
-    table.append(rows.cast(table.schema().as_arrow()),
-                 snapshot_properties={"lakehouse.run-id": row_fields["run_id"], "lakehouse.dq.suite": row_fields["suite"]})
+    with naming_full_store(table):  # a full store is named like any commit's, and is never retried
+        table.append(rows.cast(table.schema().as_arrow()),
+                     snapshot_properties={"lakehouse.run-id": row_fields["run_id"], "lakehouse.dq.suite": row_fields["suite"]})
 
 
 @task(cache_policy=NO_CACHE)

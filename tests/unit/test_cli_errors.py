@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from unittest import mock
 
 import pytest
+
+from tests.unit.embedded_lake import embedded_env, only_env as _only
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -30,13 +32,7 @@ def lakehouse(tmp_path_factory):
     from tasks.transforms.bronze import RecordColumns, records_to_arrow
 
     root = tmp_path_factory.mktemp("lakehouse")
-    env = {
-        "LAKEHOUSE_PROFILE": "embedded",
-        "LAKEHOUSE_STATE_DIR": str(root / "state"),
-        "LAKEHOUSE_CATALOG_URI": f"sqlite:///{root / 'catalog.db'}",
-        "LAKEHOUSE_WAREHOUSE": (root / "warehouse").as_uri(),
-        "LAKEHOUSE_RAY_ADDRESS": "",
-    }
+    env = embedded_env(root)
     with pytest.MonkeyPatch.context() as mp:
         _only(mp, env)
         settings = load_settings()
@@ -55,11 +51,6 @@ def lakehouse(tmp_path_factory):
     return env, snapshots
 
 
-def _only(mp: pytest.MonkeyPatch, env: dict[str, str]) -> None:
-    for key in [k for k in os.environ if k.startswith("LAKEHOUSE_")]:
-        mp.delenv(key)  # `make test` points LAKEHOUSE_CONFIG at the stack's file
-    for key, value in env.items():
-        mp.setenv(key, value)
 
 
 @pytest.fixture

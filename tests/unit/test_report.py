@@ -14,6 +14,8 @@ from unittest import mock
 
 import pyarrow as pa
 import pytest
+
+from tests.unit.embedded_lake import embedded_env, only_env as _only
 from typer.testing import CliRunner
 
 from tasks.report import (ANOMALIES, DAILY, FORECAST, PLANS, anomaly_series, daily_series, flagged_hours,
@@ -186,11 +188,6 @@ def test_a_full_page_is_self_contained_with_a_png_per_plot():
 
 # ---- the command on a private lakehouse --------------------------------------------------------
 
-def _only(mp: pytest.MonkeyPatch, env: dict[str, str]) -> None:
-    for key in [k for k in os.environ if k.startswith("LAKEHOUSE_")]:
-        mp.delenv(key)  # `make test` points LAKEHOUSE_CONFIG at the stack's file
-    for key, value in env.items():
-        mp.setenv(key, value)
 
 
 def build_gold_lakehouse(root: Path, with_forecast: bool) -> dict[str, str]:
@@ -200,13 +197,7 @@ def build_gold_lakehouse(root: Path, with_forecast: bool) -> dict[str, str]:
     from tasks.settings import load_settings
     from tasks.tables import GOLD_DAILY_CONVERSION_METRICS, GOLD_DAILY_PLAN_METRICS, ensure_table
 
-    env = {
-        "LAKEHOUSE_PROFILE": "embedded",
-        "LAKEHOUSE_STATE_DIR": str(root / "state"),
-        "LAKEHOUSE_CATALOG_URI": f"sqlite:///{root / 'catalog.db'}",
-        "LAKEHOUSE_WAREHOUSE": (root / "warehouse").as_uri(),
-        "LAKEHOUSE_RAY_ADDRESS": "",
-    }
+    env = embedded_env(root)
     with pytest.MonkeyPatch.context() as mp:
         _only(mp, env)
         settings = load_settings()

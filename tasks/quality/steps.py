@@ -59,12 +59,8 @@ def check_new_facts(settings: Settings, run_id: str, bronze_upto: int, found) ->
     view = views.fact_view(found.rows, suite.columns(), now)
     baseline = _volume_baseline(settings, found.rows, suite) if any(e.baseline for e in suite.expectations) else None
     outcomes, result = runner.validate(suite, view, baseline)
-    record_results(settings, "silver", outcomes, run_id=run_id, flow="promote-silver", table=suite.table,
-                   snapshot_id=bronze_upto, suite=suite.name, evaluated_at=now)
-    publish_outcomes(settings, suite, outcomes, result, run_id, now, f"bronze-{bronze_upto}")
-    verdict = runner.decide(outcomes)
-    for o in verdict.warnings:
-        logger.warning("data quality warning: %s", o.describe())
+    verdict = _conclude(settings, "silver", "promote-silver", suite, outcomes, result, run_id, bronze_upto, now,
+                        f"bronze-{bronze_upto}")
     if verdict.failed:
         raise DataQualityError(verdict.failure_message() + "; nothing committed")
     reasons = {e.name: e.reason_code for e in suite.expectations}
@@ -100,6 +96,19 @@ def _volume_baseline(settings: Settings, facts: pa.Table, suite: Suite) -> float
     return results.same_hour_baseline(history, windows)
 
 
+def _conclude(settings: Settings, role: S3Role, flow: str, suite, outcomes, result, run_id: str,
+              snapshot_id: int | None, now: datetime, page: str):
+    """What every check does with its outcomes: append them to audit.dq_results, publish the
+    artifact and the Data Docs page, log the warnings; returns the verdict for the caller to act on."""
+    record_results(settings, role, outcomes, run_id=run_id, flow=flow, table=suite.table,
+                   snapshot_id=snapshot_id, suite=suite.name, evaluated_at=now)
+    publish_outcomes(settings, suite, outcomes, result, run_id, now, page)
+    verdict = runner.decide(outcomes)
+    for o in verdict.warnings:
+        get_run_logger().warning("data quality warning: %s", o.describe())
+    return verdict
+
+
 def record_results(settings: Settings, role: S3Role, outcomes, **row_fields) -> None:
     """Append one audit.dq_results row per outcome (appends only: a retried commit cannot
     duplicate a conflicting one's rows, it re-applies this append on the new head)."""
@@ -124,7 +133,6 @@ def check_gold_days(settings: Settings, run_id: str, days: list | None, silver_s
 
     if not settings.dq_enabled or days == [] or silver_snapshot is None:
         return ()
-    logger = get_run_logger()
     suite = load_suite(settings, GOLD_DAILY_SUITE)
     catalog = open_catalog(settings, "gold")
     wanted = AlwaysTrue() if days is None else In("event_date", [d.isoformat() for d in days])
@@ -137,12 +145,8 @@ def check_gold_days(settings: Settings, run_id: str, days: list | None, silver_s
     checked = committed.get(GOLD_DAILY_CONVERSION_METRICS.identifier)
     if checked is None and gold.current_snapshot() is not None:
         checked = gold.current_snapshot().snapshot_id
-    record_results(settings, "gold", outcomes, run_id=run_id, flow="build-gold", table=suite.table,
-                   snapshot_id=checked, suite=suite.name, evaluated_at=now)
-    publish_outcomes(settings, suite, outcomes, result, run_id, now, f"gold-{checked}")
-    verdict = runner.decide(outcomes)
-    for o in verdict.warnings:
-        logger.warning("data quality warning: %s", o.describe())
+    verdict = _conclude(settings, "gold", "build-gold", suite, outcomes, result, run_id, checked, now,
+                        f"gold-{checked}")
     if verdict.failed:
         raise DataQualityError(verdict.failure_message())
     return tuple(outcomes)

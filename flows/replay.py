@@ -27,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.catalog import io_config, open_catalog
 from tasks.commits import REPORT_KEY, RUN_ID_KEY, commit_rows, conform
+from tasks.lineage.run import emits_lineage
 from tasks.orchestration import TRANSIENT_RETRY, publish_counts, table_lock
 from tasks.quality import replay, runner, views
 from tasks.quality.steps import record_results
@@ -171,6 +172,7 @@ def commit_replay(settings: Settings, plan: ReplayPlan) -> dict[str, int]:
 
 
 @flow(name="replay-quarantine", log_prints=False)
+@emits_lineage("replay-quarantine", "silver")
 def replay_flow(reason: Optional[str] = None, since: Optional[datetime] = None, dry_run: bool = False,
                 settings: Optional[Settings] = None, build_gold: bool = True) -> dict:
     """Re-check quarantined rows (optionally only those with ``reason`` among their codes, or

@@ -38,8 +38,10 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
 
 
 class _KafkaTransport:
-    """openlineage's Kafka transport, flushed with a bound: its own flush would wait forever for a
-    broker that is down, and a message that is not delivered in time is an error (and spooled)."""
+    """openlineage's Kafka transport (its producer, key and serialization), flushed with a bound: its
+    own flush would wait forever for a broker that is down, and a message that is not delivered in
+    time is an error (and spooled). So is one the broker refused (its callback only logs that, and
+    the event would count as sent)."""
 
     def __init__(self, settings: Settings):
         from openlineage.client.transport.kafka import KafkaConfig, KafkaTransport
@@ -50,9 +52,16 @@ class _KafkaTransport:
             topic=settings.lineage_kafka_topic, messageKey="lakehouse", flush=False))
 
     def emit(self, event: dict) -> None:
-        self._inner.emit(event)
-        if not self._inner.wait_for_completion(self._timeout):
+        from openlineage.client.serde import Serde
+
+        refused: list = []
+        producer = self._inner.producer
+        producer.produce(topic=self._inner.topic, key=self._inner.message_key, value=Serde.to_json(event).encode("utf-8"),
+                         on_delivery=lambda err, _msg: refused.append(err) if err is not None else None)
+        if producer.flush(self._timeout):
             raise ConnectionError(f"Kafka did not take the event within {self._timeout}s")
+        if refused:
+            raise ConnectionError(f"Kafka refused the event: {refused[0].str()}")
 
 
 def make_transport(settings: Settings) -> Transport | None:

@@ -57,6 +57,7 @@ class TableState:
     rows: int | None = None  # added by the commit
     bytes: int | None = None
     files: int | None = None
+    assertions: object | None = None  # an output's DataQualityAssertionsDatasetFacet (tasks/lineage/assertions.py)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ def _dataset_facets(state: TableState, catalog: str) -> dict:
             fields=[schema_dataset.SchemaDatasetFacetFields(name=n, type=t) for n, t in state.columns])
     if state.snapshot_id is not None:
         facets["version"] = dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=str(state.snapshot_id))
+    if state.assertions is not None:
+        facets["dataQualityAssertions"] = state.assertions
     return facets
 
 

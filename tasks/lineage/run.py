@@ -93,6 +93,34 @@ def read_outputs(settings: Settings, role: S3Role, committed: Mapping[str, int |
     return runs
 
 
+def read_quality(settings: Settings, role: S3Role, report: object,
+                 outputs: set[str]) -> tuple[list[dict], dict[tuple[str, str], tuple[str, ...]]]:
+    """The audit.dq_results rows the run of ``report`` recorded on the ``outputs`` it committed, and
+    (suite, expectation) -> the columns it reads, from the suite files; nothing when no suite
+    checks any of ``outputs`` (ingest, maintenance): no read for them."""
+    from pyiceberg.exceptions import NoSuchTableError
+    from pyiceberg.expressions import And, In
+
+    from tasks.catalog import open_catalog
+    from tasks.lineage.assertions import checked_columns, run_ids
+    from tasks.quality.suites import GOLD_DAILY_SUITE, SILVER_FACTS_SUITE, load_suite
+    from tasks.tables import AUDIT_DQ_RESULTS
+
+    ids = run_ids(report)
+    if not settings.dq_enabled or not ids:
+        return [], {}
+    suites = [load_suite(settings, name) for name in (SILVER_FACTS_SUITE, GOLD_DAILY_SUITE)]
+    tables = sorted({s.table for s in suites} & outputs)
+    if not tables:
+        return [], {}
+    try:
+        audit = open_catalog(settings, role).load_table(AUDIT_DQ_RESULTS.identifier)
+    except NoSuchTableError:
+        return [], {}
+    rows = audit.scan(row_filter=And(In("run_id", ids), In("table_name", tables))).to_arrow().to_pylist()
+    return rows, {(s.name, e.name): checked_columns(e.kwargs) for s in suites for e in s.expectations}
+
+
 def _int(raw: str | None) -> int | None:
     try:
         return int(raw) if raw is not None else None
@@ -124,6 +152,7 @@ class FlowLineage:
         try:
             tasks = task_runs(self.facts, read_outputs(self.settings, self.role, committed_snapshots(report),
                                                        self.started_ms, self.job))
+            tasks = self._with_quality(report, tasks)
             inputs = {t.identifier: t for r in tasks for t in r.inputs}
             whole = RunFacts(self.job, self.facts.run_id, tuple(inputs.values()),
                              tuple(o for r in tasks for o in r.outputs),
@@ -134,6 +163,18 @@ class FlowLineage:
             self._finish(events + [build_event("COMPLETE", whole, namespace, catalog)], bool(tasks))
         except Exception as exc:  # noqa: BLE001
             run_logger().warning("lineage: no COMPLETE event (%s: %s)", type(exc).__name__, exc)
+
+    def _with_quality(self, report: object, tasks: list[RunFacts]) -> list[RunFacts]:
+        """``tasks`` with the run's data-quality assertions on the outputs they checked; as they were
+        if those cannot be read (the events matter more than this facet)."""
+        from tasks.lineage.assertions import with_assertions
+
+        try:
+            rows, columns = read_quality(self.settings, self.role, report, {o.identifier for t in tasks for o in t.outputs})
+            return with_assertions(tasks, rows, columns) if rows else tasks
+        except Exception as exc:  # noqa: BLE001
+            run_logger().warning("lineage: no data-quality assertions (%s: %s)", type(exc).__name__, exc)
+            return tasks
 
     def fail(self, error: BaseException) -> None:
         try:
@@ -182,6 +223,10 @@ def emits_lineage(job: str, role: S3Role) -> Callable:
             lineage.complete(report)
             return report
 
+        try:  # Prefect resolves string annotations in the wrapper's module: give it the flow's, evaluated
+            wrapper.__signature__ = inspect.signature(fn, eval_str=True)
+        except Exception:  # noqa: BLE001 - a name only importable for type checking: leave them as they are
+            pass
         return wrapper
 
     return decorate

@@ -77,7 +77,7 @@ def test_fail_stops_before_any_commit_and_the_relaxed_rerun_promotes_once(privat
     assert len(runs) == 2 and all(c == Counter(suite_names(SILVER_FACTS_SUITE)) for c in runs.values())
 
 
-def test_quarantine_routes_exactly_the_failing_rows(private):
+def test_quarantine_routes_exactly_the_failing_rows(private, stack_settings, tmp_path):
     from flows.silver import silver_flow
 
     countries = {1: "DE", 2: "QQ", 3: "US", 4: "XX", 5: "FR", 6: "DE"}
@@ -86,7 +86,8 @@ def test_quarantine_routes_exactly_the_failing_rows(private):
     values = [make_event(n, user=f"u-{n}", user_country=c) for n, c in countries.items()] + [b"not json"]
     land_in_bronze(private, values)
     settings = private.model_copy(update={"dq_severities": "user_country_in_set=quarantine"})
-    report = silver_flow(settings=settings)
+    state = silver_flow(settings=settings, return_state=True)
+    report = state.result()
 
     truth_out = {str(uuid.UUID(int=n)) for n, c in countries.items() if c not in allowed}
     truth_in = {str(uuid.UUID(int=n)) for n, c in countries.items() if c in allowed}
@@ -108,3 +109,54 @@ def test_quarantine_routes_exactly_the_failing_rows(private):
     silver_rows = [r for r in audit if r["suite"] == SILVER_FACTS_SUITE]
     quarantined = [r for r in silver_rows if r["expectation"] == "user_country_in_set"]
     assert [(r["success"], r["severity"], r["unexpected_count"]) for r in quarantined] == [(False, "quarantine", len(truth_out))]
+    prefect_ui_shows_the_artifact(stack_settings, state.state_details.flow_run_id, silver_rows, tmp_path)
+
+
+def prefect_ui_shows_the_artifact(stack_settings, flow_run_id, audit: list[dict], tmp_path) -> None:
+    """The run's data-quality artifacts (found through the Prefect API by flow run) opened in the
+    real UI in headless Chromium, after its basic-auth login: the summary shows the suite and how
+    many expectations were met, and the table names each failing one, as audit.dq_results says."""
+    import asyncio
+    import shutil
+    from pathlib import Path
+
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from infra.services import prefect_client
+    from tests.conftest import ROOT
+    from tests.e2e.cdp import CHROMIUM, Chromium
+    from tests.e2e.test_orchestration import CHROMIUM_FLAGS, LOGIN_BUTTON, LOGIN_FIELD
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed: the Prefect UI part is not checked")
+
+    async def artifacts():
+        async with prefect_client(stack_settings) as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+
+    key = "dq-" + SILVER_FACTS_SUITE.replace("_", "-")
+    by_key = {a.key: a for a in asyncio.run(artifacts())}
+    summary, table = by_key[f"{key}-summary"], by_key[key]
+    met, failing = sum(r["success"] for r in audit), sorted(r["expectation"] for r in audit if not r["success"])
+    assert failing  # the page must show a failure, not only passes
+
+    ui = stack_settings.prefect_api_url.removesuffix("/api")
+    with Chromium(CHROMIUM_FLAGS, tmp_path / "chromium-profile", timeout=60) as browser:
+        page = browser.new_page()
+        page.navigate(f"{ui}/artifacts/artifact/{summary.id}")
+        page.wait_for(f"!!document.querySelector({LOGIN_FIELD!r})", what="the login page")
+        page.type_into(LOGIN_FIELD, stack_settings.prefect_api_auth_string.get_secret_value())
+        page.click(LOGIN_BUTTON)
+        page.wait_for("location.pathname !== '/login'", what="the login to pass")
+        page.navigate(f"{ui}/artifacts/artifact/{summary.id}")
+        expected = [f"Data quality: {SILVER_FACTS_SUITE} on {SILVER_FACT_CONVERSIONS.identifier}",
+                    f"{met} of {len(audit)} expectations met", *failing]
+        page.wait_for(f"{expected!r}.every(t => document.body.innerText.includes(t))", what=f"the summary {expected}")
+        shot = page.screenshot(tmp_path / "prefect-dq-artifact.png")
+        page.navigate(f"{ui}/artifacts/artifact/{table.id}")
+        page.wait_for(f"{failing!r}.every(t => document.body.innerText.includes(t)) && "
+                      "document.body.innerText.includes('FAIL')", what=f"the table naming {failing} as FAIL")
+    keep = ROOT / ".lakehouse" / "test-output"
+    keep.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, keep / shot.name)

@@ -12,10 +12,12 @@ from datetime import timedelta
 from unittest import mock
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from tasks.catalog import open_catalog
-from tasks.tables import AUDIT_LINEAGE_EVENTS, BRONZE_CONVERSION_EVENTS_RAW, GOLD_DAILY_CONVERSION_METRICS
+from tasks.quality.suites import GOLD_DAILY_SUITE, SILVER_FACTS_SUITE, SUITES_DIR
+from tasks.tables import AUDIT_DQ_RESULTS, AUDIT_LINEAGE_EVENTS, BRONZE_CONVERSION_EVENTS_RAW, GOLD_DAILY_CONVERSION_METRICS
 from tests.integration.private_lakehouse import NOW, land_in_bronze, make_event
 from tests.unit.test_lineage_events import _free_port, _Receiver
 
@@ -36,6 +38,26 @@ def _runs(received: list, job: str) -> list[dict]:
 def _version(datasets: list[dict], table: str) -> int:
     [found] = [d for d in datasets if d["facets"]["symlinks"]["identifiers"][0]["name"] == table]
     return int(found["facets"]["version"]["datasetVersion"])
+
+
+def _assertions(output: dict) -> list[tuple]:
+    """(expectation, severity, success, column) of an output's data-quality assertions facet."""
+    return sorted((a["name"], a["severity"], a["success"], a.get("column"))  # None: left out by the serializer
+                  for a in output["facets"]["dataQualityAssertions"]["assertions"])
+
+
+def _checked(settings, audit: list[dict], run_ids: set[str], table: str) -> list[tuple]:
+    """The same from audit.dq_results rows of ``run_ids``: the column is the suite file's single
+    ``column`` kwarg when the table's schema has it (read here from the YAML and the catalog)."""
+    suite = {SILVER_FACTS_SUITE: FACTS, GOLD_DAILY_SUITE: DAILY}
+    [name] = [n for n, t in suite.items() if t == table]
+    kwargs = {e["name"]: e.get("kwargs") or {} for e in yaml.safe_load((SUITES_DIR / f"{name}.yml").read_text())["expectations"]}
+    schema = {f.name for f in open_catalog(settings, "serving").load_table(table).schema().fields}
+    rows = [r for r in audit if r["run_id"] in run_ids and r["table_name"] == table]
+    assert sorted(r["expectation"] for r in rows) == sorted(list(kwargs) * len(run_ids))  # one per expectation and run
+    return sorted((r["expectation"], r["severity"], r["success"],
+                   kwargs[r["expectation"]].get("column") if kwargs[r["expectation"]].get("column") in schema else None)
+                  for r in rows)
 
 
 def _lineage(*args: str) -> dict:
@@ -87,6 +109,8 @@ def test_flow_runs_emit_start_complete_and_fail_and_the_walk_finds_one_days_offs
     assert _version(complete["inputs"], BRONZE) == bronze_head == silver["bronze_to"]
     facts_output = next(o for o in complete["outputs"] if o["name"].endswith("fact_conversions"))
     assert facts_output["outputFacets"]["outputStatistics"]["rowCount"] == 7  # 8 records, one a repeat: 7 facts
+    audit = open_catalog(private, "serving").load_table(AUDIT_DQ_RESULTS.identifier).scan().to_arrow().to_pylist()
+    assert _assertions(facts_output) == _checked(private, audit, {b["run_id"] for b in silver["batches"]}, FACTS)
 
     flow_gold = _runs(receiver.received, "build-gold")
     assert [e["eventType"] for e in flow_gold] == ["START", "COMPLETE", "START", "FAIL"]
@@ -94,6 +118,8 @@ def test_flow_runs_emit_start_complete_and_fail_and_the_walk_finds_one_days_offs
     assert flow_gold[0]["run"]["runId"] == flow_gold[1]["run"]["runId"] == gold_run
     assert _version(flow_gold[1]["outputs"], DAILY) == gold["committed"][DAILY]
     assert _version(flow_gold[1]["inputs"], FACTS) == silver["committed"][FACTS]
+    daily_output = next(o for o in flow_gold[1]["outputs"] if o["name"].endswith("daily_conversion_metrics"))
+    assert _assertions(daily_output) == _checked(private, audit, {gold["run_id"]}, DAILY)
     assert "crash_at" in flow_gold[3]["run"]["facets"]["errorMessage"]["message"]
     [daily_task] = [e for e in _runs(receiver.received, f"build-gold.{DAILY}") if e["eventType"] == "COMPLETE"]
     assert daily_task["run"]["facets"]["parent"]["run"]["runId"] == gold_run

@@ -5,6 +5,7 @@ clean run of the same events, and a second replay changes nothing."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from datetime import timedelta
@@ -16,6 +17,7 @@ from tasks.catalog import open_catalog
 from tasks.quality.suites import GOLD_DAILY_SUITE, SILVER_FACTS_SUITE, SUITES_DIR
 from tasks.tables import (
     AUDIT_DQ_RESULTS,
+    AUDIT_LINEAGE_EVENTS,
     GOLD_DAILY_CONVERSION_METRICS,
     GOLD_USER_ACTIVITY_SUMMARY,
     SILVER_CONVERSION_EVENTS_REJECTED,
@@ -78,6 +80,16 @@ def test_replay_after_the_fix_equals_a_clean_run_and_is_idempotent(private, tmp_
     assert (again["selected"], again["promoted"], again["committed"]) == (0, 0, {})
     rejected = rows(private, SILVER_CONVERSION_EVENTS_REJECTED)
     assert [r["reason_codes"] for r in rejected] == [["MALFORMED_JSON"]]  # the malformed record stays
+    # lineage like every flow: the run that committed kept START and COMPLETE with its snapshots, and
+    # the suite it re-checked with as assertions on the facts (the dry run and the idle rerun keep none)
+    kept = [r for r in rows(private, AUDIT_LINEAGE_EVENTS) if r["job_name"] == "replay-quarantine"]
+    assert sorted(r["event_type"] for r in kept) == ["COMPLETE", "START"]
+    [done] = [json.loads(r["event"]) for r in kept if r["event_type"] == "COMPLETE"]
+    assert done["run"]["facets"]["lakehouse"]["outputSnapshots"] == replayed["committed"]
+    [facts_out] = [o for o in done["outputs"] if o["name"].endswith("fact_conversions")]
+    suite = yaml.safe_load((SUITES_DIR / f"{SILVER_FACTS_SUITE}.yml").read_text())["expectations"]
+    assert sorted(a["name"] for a in facts_out["facets"]["dataQualityAssertions"]["assertions"]) == \
+        sorted(e["name"] for e in suite)
 
     clean_dir = tmp_path / "clean"
     clean_dir.mkdir()

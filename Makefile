@@ -40,9 +40,17 @@ chromium:  ## Debian's Chromium for the Prefect UI test (skipped when it cannot 
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -q chromium >/dev/null) \
 	  || echo "chromium could not be installed: the UI test will be skipped"
 
+# The stack tests share one stack, started here (and stopped after, unless it was already up): those
+# that do not need it to themselves run in two processes (a test spends much of its time waiting on
+# a service), then the `exclusive` ones alone (tests/conftest.py lists them).
+STACK_TESTS := tests/contract tests/e2e tests/integration
 test: install compose chromium  ## unit, contract, integration and end-to-end tests; starts the stack itself
 	$(UV) run pytest tests/unit
-	$(UV) run pytest tests/contract tests/e2e tests/integration
+	@was_up=0; $(UV) run lakehouse stack status >/dev/null 2>&1 && was_up=1; \
+	$(UV) run lakehouse stack up || exit 1; rc=0; \
+	LAKEHOUSE_KEEP_STACK=1 $(UV) run pytest -n 2 --dist loadfile -m "not exclusive" --durations=15 $(STACK_TESTS) || rc=$$?; \
+	LAKEHOUSE_KEEP_STACK=1 $(UV) run pytest -m exclusive --durations=10 $(STACK_TESTS) || rc=$$?; \
+	[ $$was_up = 1 ] || $(UV) run lakehouse stack down; exit $$rc
 
 unit: install  ## only the tests that need no service
 	$(UV) run pytest tests/unit -q

@@ -81,7 +81,11 @@ def is_transient(exc: BaseException | None) -> bool:
         error = exc.args[0] if exc.args else None
         return isinstance(error, KafkaError) and (error.retriable() or error.code() in (
             KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError._RESOLVE,
-            KafkaError.REQUEST_TIMED_OUT, KafkaError.COORDINATOR_LOAD_IN_PROGRESS))
+            KafkaError.REQUEST_TIMED_OUT, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+            # a restarted broker has not re-elected its partitions' leaders yet (librdkafka does not
+            # mark these retriable when they come back from a watermark-offsets request)
+            KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+            KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE))
     if isinstance(exc, (ServerError, ServiceUnavailableError, TooManyRequestsError, ConnectionError, TimeoutError,
                         socket.timeout)):
         return True

@@ -39,11 +39,20 @@ _stack_client_env()
 LAST_MODULES = ("test_two_nodes.py", "test_ray_faults.py", "test_stack_lifecycle.py")
 
 
+# Modules that must have the stack to themselves: they stop, restart or add services, read what
+# listens on the machine, or deploy to and count the runs of the stack's own Prefect work pool (all
+# of tests/e2e). `make test` runs every other stack test in two processes, then these alone.
+EXCLUSIVE_MODULES = LAST_MODULES + ("test_service_faults.py", "test_loopback_only.py")
+
+
 def pytest_collection_modifyitems(config, items):
     def rank(item) -> int:
         name = item.path.name
         return LAST_MODULES.index(name) + 1 if name in LAST_MODULES else 0
 
+    for item in items:
+        if item.path.name in EXCLUSIVE_MODULES or item.path.parent.name == "e2e":
+            item.add_marker(pytest.mark.exclusive)
     items.sort(key=rank)  # stable: every other test keeps its order
 
 

@@ -28,6 +28,9 @@ class _RayLike(Exception):
 TRANSIENT = [
     KafkaException(KafkaError(KafkaError._TRANSPORT)),
     KafkaException(KafkaError(KafkaError._ALL_BROKERS_DOWN)),
+    # what get_watermark_offsets raised right after a broker restart (found by tests/e2e/test_retries.py)
+    KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION, fatal=False, retriable=False)),
+    KafkaException(KafkaError(KafkaError.LEADER_NOT_AVAILABLE, fatal=False, retriable=False)),
     ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"),
     ConnectionResetError(errno.ECONNRESET, "reset"),
     TimeoutError("timed out"),

@@ -10,11 +10,6 @@ either, the hour has no baseline: no score, no flag.
 The score is (value - baseline) / scale, where the scale is the MAD-based spread but never below the
 metric's own sampling noise (a MAD over 2-4 points is often near zero by chance): Poisson noise for
 requests, binomial noise for the error rate at this hour's volume, a relative floor for p95.
-
-An outage is an hour without a single call, so it has no fact row: within the span of a day that
-has calls (from its first to its last hour with any call, in either direction), a direction's
-missing hour is scored as 0 requests, with no error rate or p95. Hours before a day's first call
-or after its last (the day still filling) are not filled: nothing tells an outage from "not yet".
 Requests are flagged both ways (a drop or a surge); the error rate and p95 only upwards. A flag
 also needs a minimum effect (``MIN_EFFECT``) and enough calls to tell (``MIN_P95_CALLS``,
 ``MIN_EXCESS_FAILURES``), so noise in quiet hours is not paged.
@@ -143,40 +138,10 @@ def baseline_hours(hour_us: int, present: set[int]) -> tuple[list[int], int]:
     return (daily, 0) if len(daily) >= MIN_POINTS else ([], 0)
 
 
-def fill_outages(metrics: pa.Table) -> pa.Table:
-    """``metrics`` plus a row of 0 requests (error rate and p95 null) for each direction's missing
-    hour inside a day's span of calls. Depends on the day alone, so incremental builds (which
-    reload whole days) fill exactly what a full rebuild fills; filling twice changes nothing."""
-    hours = metrics.column("event_hour").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_pylist()
-    directions = metrics.column("direction").to_pylist()
-    span: dict[int, list[int]] = {}
-    present: dict[str | None, set[int]] = {}
-    for hour, direction in zip(hours, directions):
-        first_last = span.setdefault(hour // DAY_US, [hour, hour])
-        first_last[0], first_last[1] = min(first_last[0], hour), max(first_last[1], hour)
-        present.setdefault(direction, set()).add(hour)
-    missing = [(hour, direction)
-               for direction, seen in present.items() if direction is not None
-               for first, last in span.values()
-               for hour in range(first, last + 1, HOUR_US) if hour not in seen]
-    if not missing:
-        return metrics
-    extra = {"event_hour": pa.array([h for h, _ in missing], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-             "direction": pa.array([d for _, d in missing], pa.string()),
-             "requests": pa.array([0] * len(missing), pa.int64()),
-             "error_rate": pa.nulls(len(missing), pa.float64()),
-             "p95_latency_ms": pa.nulls(len(missing), pa.float64())}
-    columns = ("event_hour", "direction", "requests", "error_rate", "p95_latency_ms")
-    own = pa.table({c: metrics.column(c).cast(extra[c].type) for c in columns})
-    return pa.concat_tables([own, pa.table(extra)])
-
-
 def score_hours(metrics: pa.Table, days: Iterable[date] | None = None) -> pa.Table:
     """gold.hourly_anomalies rows for the hours of ``days`` (every hour when None), scored against
     the other rows of ``metrics`` (columns event_hour, direction, requests, error_rate,
-    p95_latency_ms; it must hold the baseline days of those hours too). Outage hours are filled
-    first (``fill_outages``)."""
-    metrics = fill_outages(metrics)
+    p95_latency_ms; it must hold the baseline days of those hours too)."""
     hours = metrics.column("event_hour").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_pylist()
     directions = metrics.column("direction").to_pylist()
     values = {m: metrics.column(m).to_pylist() for m in METRICS}

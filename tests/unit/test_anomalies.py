@@ -120,30 +120,6 @@ def test_a_drop_is_flagged_and_a_low_error_rate_is_not():
     assert row["error_rate_score"] < 0 and not row["error_rate_anomaly"]
 
 
-def test_an_hour_without_calls_inside_the_day_is_an_outage():
-    # to_roman has calls at 13:00 and 15:00 of Monday; from_roman only at 13:00-15:00 on the
-    # earlier Mondays, none at 14:00 today. 14:00 from_roman is scored as 0 requests; 16:00
-    # (after the day's last call) is not filled.
-    rows = []
-    for back in (3, 2, 1):
-        for h in (13, 14, 15):
-            rows.append((MONDAY - back * WEEK + (h - 14) * HOUR, "from_roman", 30, 0.0, 5.0))
-    rows += [(MONDAY - HOUR, "to_roman", 50, 0.0, 5.0), (MONDAY + HOUR, "to_roman", 50, 0.0, 5.0),
-             (MONDAY - HOUR, "from_roman", 30, 0.0, 5.0)]
-    scored = score_hours(_metrics(rows))
-    outage = _row(scored, MONDAY, "from_roman")
-    assert outage["requests"] == 0 and outage["error_rate"] is None and outage["p95_latency_ms"] is None
-    assert outage["requests_baseline"] == 30 and outage["requests_anomaly"] and outage["is_anomaly"]
-    assert outage["error_rate_score"] is None and not outage["error_rate_anomaly"]
-    # to_roman's own gap at 14:00 is filled too (no history: no flag); nothing after 15:00
-    assert _row(scored, MONDAY)["requests"] == 0 and not _row(scored, MONDAY)["is_anomaly"]
-    assert not [r for r in scored.to_pylist() if r["event_hour"] > MONDAY + HOUR]
-    # filling is idempotent: the stored rows of a build fed back in give the same rows
-    again = score_hours(scored.select(["event_hour", "direction", "requests", "error_rate", "p95_latency_ms"]))
-    assert again.sort_by([("event_hour", "ascending"), ("direction", "ascending")]).to_pylist() == \
-        scored.sort_by([("event_hour", "ascending"), ("direction", "ascending")]).to_pylist()
-
-
 def test_short_history_falls_back_to_the_same_hour_of_days_of_the_same_kind():
     # Monday 14:00 with one week back only: the fallback reads the trailing weekdays' 14:00 and
     # skips the weekend's, however different

@@ -8,16 +8,15 @@ from __future__ import annotations
 import json
 import socket
 from contextlib import contextmanager
-import time
 import uuid
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from tasks.kafka import admin_client
 from tasks.lineage.emit import Delivery, deliver, spool_path
 from tasks.lineage.events import RunFacts, TableState, build_event
+from tests.integration.test_producer import consume_all
 
 pytestmark = pytest.mark.stack
 
@@ -49,18 +48,8 @@ def lineage_topic(stack_settings, tmp_path):
 
 
 def read_back(settings, expected: int, timeout_s: float = 10.0) -> list:
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"{settings.lineage_kafka_topic}-reader",
-                         "enable.auto.commit": False})
-    try:
-        consumer.assign([TopicPartition(settings.lineage_kafka_topic, 0, OFFSET_BEGINNING)])
-        messages, deadline = [], time.monotonic() + timeout_s
-        while len(messages) < expected and time.monotonic() < deadline:
-            for message in consumer.consume(num_messages=10, timeout=0.5):
-                assert message.error() is None, message.error()
-                messages.append(message)
-        return messages
-    finally:
-        consumer.close()
+    """The lineage topic's records, read from the beginning (test_producer's reader)."""
+    return consume_all(settings.model_copy(update={"kafka_topic": settings.lineage_kafka_topic}), expected, timeout_s)
 
 
 def run_events() -> list[dict]:

@@ -105,7 +105,7 @@ def _promote_forever(settings: Settings, coalescer: Coalescer, stop: threading.E
         commits = coalescer.take(0 if stop.is_set() else safety)
         if stop.is_set() and not commits:
             return
-        coalescer.started()
+        coalescer.started(commits)
         try:
             silver = silver_flow(settings=settings)
             gold_behind = gold_behind or SILVER_DIM_USERS.identifier in silver.get("committed", {})

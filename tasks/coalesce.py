@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 class CoalesceStats:
     signals: int = 0  # commits announced
     promotions: int = 0  # promotions started
+    served: int = 0  # commits taken by a promotion (coalesced ones share it)
+    ticks: int = 0  # promotions started without a commit (safety ticks, retries)
     failures: int = 0  # promotions that raised
 
     def as_dict(self) -> dict:
@@ -50,9 +52,12 @@ class Coalescer:
             taken, self._pending = self._pending, 0
         return taken
 
-    def started(self) -> None:
+    def started(self, commits: int = 0) -> None:
+        """A promotion began for ``commits`` commits taken (0: a safety tick or a retry)."""
         with self._lock:
             self.stats.promotions += 1
+            self.stats.served += commits
+            self.stats.ticks += commits == 0
 
     def failed(self) -> None:
         with self._lock:

@@ -39,10 +39,12 @@ _stack_client_env()
 LAST_MODULES = ("test_two_nodes.py", "test_ray_faults.py", "test_stack_lifecycle.py")
 
 
-# Modules that must have the stack to themselves: they stop, restart or add services, read what
-# listens on the machine, or deploy to and count the runs of the stack's own Prefect work pool (all
-# of tests/e2e). `make test` runs every other stack test in two processes, then these alone.
-EXCLUSIVE_MODULES = LAST_MODULES + ("test_service_faults.py", "test_loopback_only.py")
+# Modules that must have the stack to themselves: they stop, restart or add services (the broker
+# in test_retries), read what listens on the machine, or deploy to and count the runs of the
+# stack's own Prefect work pool (test_orchestration). `make test` runs every other stack test in
+# two processes, each on lakehouses of its own, then these alone.
+EXCLUSIVE_MODULES = LAST_MODULES + ("test_service_faults.py", "test_loopback_only.py", "test_retries.py",
+                                    "test_orchestration.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -51,7 +53,7 @@ def pytest_collection_modifyitems(config, items):
         return LAST_MODULES.index(name) + 1 if name in LAST_MODULES else 0
 
     for item in items:
-        if item.path.name in EXCLUSIVE_MODULES or item.path.parent.name == "e2e":
+        if item.path.name in EXCLUSIVE_MODULES:
             item.add_marker(pytest.mark.exclusive)
     items.sort(key=rank)  # stable: every other test keeps its order
 

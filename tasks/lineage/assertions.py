@@ -22,7 +22,9 @@ def run_ids(report: object) -> list[str]:
     """The run ids a flow's report recorded its checks under: its own and each batch's (silver)."""
     if not isinstance(report, Mapping):
         return []
-    found = [report.get("run_id")] + [b.get("run_id") for b in report.get("batches") or () if isinstance(b, Mapping)]
+    batches = report.get("batches")  # silver: one report per batch; ingest: a count of batches
+    per_batch = batches if isinstance(batches, (list, tuple)) else ()
+    found = [report.get("run_id")] + [b.get("run_id") for b in per_batch if isinstance(b, Mapping)]
     return sorted({str(r) for r in found if r})
 
 

@@ -41,38 +41,47 @@ def _with_fault(settings, case: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-@pytest.fixture
-def lakes(stack_settings, tmp_path):
+@pytest.fixture(scope="module")
+def clean_silver(stack_settings, tmp_path_factory):
+    """One topic of known records for both silver cases, and the silver state a clean lakehouse
+    makes of it (computed once: it does not depend on the case)."""
     import ray
 
     ray.shutdown()  # this process must not be a driver of a head that is about to stop
     topic = f"it-ray-{uuid.uuid4().hex[:8]}"
-    faulty = s3_lake(stack_settings, tmp_path, "rayfault", topic)
-    clean = s3_lake(stack_settings, tmp_path, "rayclean")
-    clean = clean.model_copy(update={"kafka_topic": topic})
-    yield faulty, clean, Stack(stack_settings)
+    clean = s3_lake(stack_settings, tmp_path_factory.mktemp("rayclean"), "rayclean", topic)
+    sent = produce(clean, TrafficProfile(events=3000, seed=51, duplicate_rate=0.05, malformed_rate=0.02,
+                                         late_rate=0.02, end=RECENT))
+    _lakehouse(clean, "run", "ingest", "--until-caught-up")
+    _lakehouse(clean, "run", "silver")
+    return topic, sent.events, _silver_state(clean)
+
+
+@pytest.fixture
+def stack(stack_settings):
+    import ray
+
+    ray.shutdown()
+    yield Stack(stack_settings)
     Stack(stack_settings).up()
 
 
 @pytest.mark.parametrize("case", ["head-during-silver", "host-during-silver"])
-def test_ray_gone_during_a_silver_promotion(lakes, case):
-    faulty, clean, stack = lakes
-    sent = produce(faulty, TrafficProfile(events=3000, seed=51, duplicate_rate=0.05, malformed_rate=0.02,
-                                          late_rate=0.02, end=RECENT))
-    for settings in (faulty, clean):
-        _lakehouse(settings, "run", "ingest", "--until-caught-up")
-    assert_exactly_once(faulty, sent.events)
+def test_ray_gone_during_a_silver_promotion(clean_silver, stack, stack_settings, tmp_path, case):
+    topic, events, clean_state = clean_silver
+    faulty = s3_lake(stack_settings, tmp_path, f"rayfault-{case[:4]}", topic)
+    _lakehouse(faulty, "run", "ingest", "--until-caught-up")
+    assert_exactly_once(faulty, events)
     faulted = _with_fault(faulty, case)
     assert "fired" in faulted.stdout, faulted.stdout + faulted.stderr[-3000:]
     stack.up(["ray"])  # back, if the fault stopped it
     _lakehouse(faulty, "run", "silver")
-    _lakehouse(clean, "run", "silver")
-    assert _silver_state(faulty) == _silver_state(clean)
+    assert _silver_state(faulty) == clean_state
     _verified(faulty)
 
 
-def test_writer_actor_killed_while_reading_kafka(lakes):
-    faulty, _, _ = lakes
+def test_writer_actor_killed_while_reading_kafka(stack, stack_settings, tmp_path):
+    faulty = s3_lake(stack_settings, tmp_path, "rayfault", f"it-ray-{uuid.uuid4().hex[:8]}")
     sent = produce(faulty, TrafficProfile(events=60_000, seed=61, end=RECENT))
     faulted = _with_fault(faulty, "writer-during-ingest")
     assert "fired" in faulted.stdout, faulted.stdout + faulted.stderr[-3000:]

@@ -18,7 +18,7 @@ def test_a_burst_of_commits_during_a_promotion_becomes_one_more_promotion():
         while not stop.is_set():
             taken = coalescer.take(0.05)
             if taken:
-                coalescer.started()
+                coalescer.started(taken)
                 promoted.append(taken)
                 time.sleep(0.2)  # a promotion slower than the commits
 
@@ -32,12 +32,15 @@ def test_a_burst_of_commits_during_a_promotion_becomes_one_more_promotion():
     thread.join()
     assert sum(promoted) == 20 == coalescer.stats.signals  # every commit promoted...
     assert coalescer.stats.promotions == len(promoted) <= 4  # ...by a few promotions, not a queue of 20
+    assert coalescer.stats.served == 20 and coalescer.stats.ticks == 0
 
 
 def test_a_wake_is_not_a_commit():
     coalescer = Coalescer()
     coalescer.wake()
     assert coalescer.take(1.0) == 0
+    coalescer.started(0)
+    assert (coalescer.stats.promotions, coalescer.stats.served, coalescer.stats.ticks) == (1, 0, 1)
     assert coalescer.take(0.01) == 0 and coalescer.stats.signals == 0
 
 

@@ -92,6 +92,7 @@ def test_run_ids_of_a_report_and_the_columns_of_suite_kwargs():
     silver = {"run_id": "b2", "batches": [{"run_id": "b1"}, {"run_id": "b2"}], "committed": {}}
     assert run_ids(silver) == ["b1", "b2"]
     assert run_ids({"run_id": "g1", "committed": {}}) == ["g1"]
+    assert run_ids({"run_id": "i1", "batches": 3, "total_records": 9}) == ["i1"]  # ingest counts its batches
     assert run_ids({"dry_run": False, "tables": {}}) == [] and run_ids(None) == []
     assert checked_columns({"column": "latency_ms", "min_value": 0}) == ("latency_ms",)
     assert checked_columns({"column_A": "p95", "column_B": "p50", "or_equal": True}) == ("p95", "p50")

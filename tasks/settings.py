@@ -137,13 +137,15 @@ class Settings(BaseSettings):
     dq_volume_days: int = Field(7, ge=1, le=90, description="days of silver facts behind the batch_volume baseline (the trailing same-hour average)")
 
     # Lineage (tasks/lineage/): OpenLineage run events of every flow, and a copy in audit.lineage_events
-    lineage_transport: Literal["off", "file", "http", "kafka"] = Field("file", description="where OpenLineage events go: file (<state_dir>/lineage/events.jsonl), http (lineage_url, e.g. Marquez), kafka (lineage_kafka_topic on kafka_bootstrap) or off; a backend that is down never fails a run: events are spooled in <state_dir>/lineage and re-sent")
+    lineage_transport: Literal["off", "file", "http", "kafka"] = Field("file", description="where OpenLineage events go: file (<state_dir>/lineage/events.jsonl), http (lineage_url, e.g. Marquez), kafka (lineage_kafka_topic on kafka_bootstrap) or off; a backend that is down never fails a run: events are spooled in <state_dir>/lineage and re-sent; an event it refuses for good goes to a dead-letter file beside the spool")
     lineage_url: str | None = Field(None, description="http transport: the OpenLineage backend's base URL (events are POSTed to <url>/api/v1/lineage)")
     lineage_api_key: SecretStr | None = Field(None, description="http transport: API key sent as a bearer token (never logged)")
     lineage_kafka_topic: str = Field("openlineage-events", description="kafka transport: the topic the events are produced to")
     lineage_namespace: str = Field("lakehouse", description="OpenLineage job namespace of the flows")
     lineage_timeout_seconds: float = Field(2.0, gt=0, le=60, description="seconds one event may take to send before it is spooled")
     lineage_audit: bool = Field(True, description="also append every run's events to audit.lineage_events")
+    lineage_file_max_bytes: int = Field(64 * 1024 * 1024, gt=0, description="file transport: once events.jsonl is larger than this, it is renamed events-<UTC time>.jsonl before the next append")
+    lineage_file_keep: int = Field(5, ge=1, le=10_000, description="file transport: how many rotated events-<UTC time>.jsonl files are kept (the oldest beyond this are deleted)")
 
     # Prefect and Ray
     prefect_api_url: str = Field("http://127.0.0.1:4200/api", description="Prefect API URL")

@@ -52,6 +52,22 @@ def lineage_cmd(
     except walk.LineageError as exc:
         fail(str(exc), 2)
     show(out, tree, fmt)
+    note_dead_letters(settings())
+
+
+def note_dead_letters(s) -> None:
+    """One line on stderr (stdout stays the tree, JSON or graph) when the lineage backend refused
+    events for good: they wait in the dead-letter file, not in the backend."""
+    from flows.cli import err
+    from tasks.lineage.emit import dead_letter_path, dead_letters
+
+    try:
+        count = len(dead_letters(s))
+    except OSError:  # unreadable: the answer above stands, this is only a reminder
+        return
+    if count:
+        err.print(f"note: {count} lineage event{'s' if count > 1 else ''} refused for good by the {s.lineage_transport} "
+                  f"backend, kept in {dead_letter_path(s)}", highlight=False, markup=False, soft_wrap=True)
 
 
 def show(console, tree, fmt: str) -> None:

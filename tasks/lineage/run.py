@@ -11,11 +11,12 @@ import inspect
 import sys
 import time
 import uuid
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
+from tasks.commits import RUN_ID_KEY
 from tasks.lineage.emit import append_audit, deliver, run_logger
 from tasks.lineage.events import RunFacts, TableState, build_event, task_runs
-from tasks.lineage.walk import ancestry, bronze_ranges, upstreams
+from tasks.lineage.walk import SnapshotRecord, ancestry, bronze_ranges, upstreams
 from tasks.settings import S3Role, Settings, load_settings
 
 PARENT_JOB = "prefect-flow-run"  # the job name of a parent Prefect flow run (its flow is not known here)
@@ -59,11 +60,38 @@ def _location(settings: Settings, identifier: str, table=None) -> str:
     return table.location() if table is not None else f"iceberg://{identifier}"
 
 
+STATISTICS_KEYS = ("added-records", "added-files-size", "added-data-files")  # rows, bytes, files
+
+
+def run_commits(history: Sequence[SnapshotRecord], snapshot_id: int, since_ms: int) -> list[SnapshotRecord]:
+    """The commits of this run behind ``snapshot_id``, newest first: that snapshot and, when it is a
+    flow's commit (its summary has a ``lakehouse.run-id``), its ancestors committed since the run
+    began (``since_ms``, the rule of the Kafka ranges) that are flow commits too: a multi-batch run
+    commits a table once per batch, each batch under its own run id, and a compaction between two
+    batches (no run id) is not this run's. A snapshot without a run id (maintenance) is alone."""
+    chain = ancestry(history, snapshot_id)
+    if not chain or RUN_ID_KEY not in chain[0].summary:
+        return chain[:1]
+    return chain[:1] + [s for s in chain[1:] if s.timestamp_ms >= since_ms and RUN_ID_KEY in s.summary]
+
+
+def run_statistics(history: Sequence[SnapshotRecord], snapshot_id: int,
+                   since_ms: int) -> tuple[int | None, int | None, int | None]:
+    """Rows, bytes and data files this run added to a table: summed over its commits
+    (``run_commits``); None for a figure no summary records."""
+    commits = run_commits(history, snapshot_id, since_ms)
+    totals = []
+    for key in STATISTICS_KEYS:
+        values = [v for v in (_int(s.summary.get(key)) for s in commits) if v is not None]
+        totals.append(sum(values) if values else None)
+    return totals[0], totals[1], totals[2]
+
+
 def read_outputs(settings: Settings, role: S3Role, committed: Mapping[str, int | None], since_ms: int,
                  job: str) -> list[RunFacts]:
-    """One task-level run per committed table: the table at its snapshot (schema, what the commit
-    added), the upstream snapshots its summary records, and, for bronze, the Kafka ranges of the
-    commits this run made (since ``since_ms``)."""
+    """One task-level run per committed table: the table at its snapshot (schema, the rows, bytes
+    and files the run's commits added: ``run_statistics``), the upstream snapshots its summary
+    records, and, for bronze, the Kafka ranges of the commits this run made (since ``since_ms``)."""
     from tasks.catalog import open_catalog
     from tasks.commits import OFFSETS_KEY
     from tasks.lineage.reading import snapshot_records
@@ -79,10 +107,11 @@ def read_outputs(settings: Settings, role: S3Role, committed: Mapping[str, int |
             continue
         summary = snapshot.summary.additional_properties if snapshot.summary is not None else {}
         history = snapshot_records(table)
-        output = TableState(
-            name, _location(settings, name, table), snapshot.snapshot_id,
-            tuple((f.name, str(f.field_type)) for f in table.schema().fields),
-            _int(summary.get("added-records")), _int(summary.get("added-files-size")), _int(summary.get("added-data-files")))
+        if not any(s.snapshot_id == snapshot.snapshot_id for s in history):  # not in the current lineage
+            history = [*history, SnapshotRecord(snapshot.snapshot_id, None, 0, snapshot.timestamp_ms, dict(summary))]
+        output = TableState(name, _location(settings, name, table), snapshot.snapshot_id,
+                            tuple((f.name, str(f.field_type)) for f in table.schema().fields),
+                            *run_statistics(history, snapshot.snapshot_id, since_ms))
         inputs = tuple(TableState(u, _location(settings, u), s) for u, s in upstreams(history, snapshot.snapshot_id).items())
         ranges = ()
         if OFFSETS_KEY in summary:

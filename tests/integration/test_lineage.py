@@ -91,7 +91,8 @@ def test_flow_runs_emit_start_complete_and_fail_and_the_walk_finds_one_days_offs
     receiver = _Receiver(port := _free_port())
     try:
         settings = _with_backend(private, port)
-        silver_state = silver_flow(settings=settings, return_state=True)
+        # one bronze snapshot per batch: the COMPLETE event's statistics must add both batches' commits
+        silver_state = silver_flow(settings=settings.model_copy(update={"silver_max_batch_records": 4}), return_state=True)
         silver = silver_state.result()
         gold_state = gold_flow(settings=settings, return_state=True)
         gold = gold_state.result()
@@ -108,7 +109,18 @@ def test_flow_runs_emit_start_complete_and_fail_and_the_walk_finds_one_days_offs
     assert _version(complete["outputs"], FACTS) == silver["committed"][FACTS]
     assert _version(complete["inputs"], BRONZE) == bronze_head == silver["bronze_to"]
     facts_output = next(o for o in complete["outputs"] if o["name"].endswith("fact_conversions"))
+    assert len(silver["batches"]) == 2
     assert facts_output["outputFacets"]["outputStatistics"]["rowCount"] == 7  # 8 records, one a repeat: 7 facts
+    # the same sums from the catalog by the batches' run ids (the event takes the run's commits by time)
+    from tasks.commits import RUN_ID_KEY
+
+    batch_ids = {b["run_id"] for b in silver["batches"]}
+    facts_commits = [s.summary.additional_properties for s in open_catalog(private, "serving").load_table(FACTS).snapshots()
+                     if s.summary is not None and s.summary.additional_properties.get(RUN_ID_KEY) in batch_ids]
+    stats = facts_output["outputFacets"]["outputStatistics"]
+    assert (stats["rowCount"], stats["size"], stats["fileCount"]) == tuple(
+        sum(int(c.get(k, 0)) for c in facts_commits) for k in ("added-records", "added-files-size", "added-data-files"))
+    assert stats["fileCount"] >= 2  # a file per batch at least: not the last commit's alone
     audit = open_catalog(private, "serving").load_table(AUDIT_DQ_RESULTS.identifier).scan().to_arrow().to_pylist()
     assert _assertions(facts_output) == _checked(private, audit, {b["run_id"] for b in silver["batches"]}, FACTS)
 

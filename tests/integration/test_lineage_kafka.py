@@ -1,7 +1,8 @@
 """The Kafka transport of the lineage events against the stack's real broker: events sent through
 the project's transport (``deliver`` with ``lineage_transport = kafka``) to a private topic are read
 back, in order and byte for byte the JSON that was sent; a broker that does not answer loses none
-of them, nor does one that refuses them (they wait in the spool). Topics are deleted at the end."""
+of them (they wait in the spool), nor does one that refuses one for good (it goes to the
+dead-letter file, and the events after it are sent). Topics are deleted at the end."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from confluent_kafka.admin import NewTopic
 
 from tasks.kafka import admin_client
-from tasks.lineage.emit import Delivery, deliver, spool_path
+from tasks.lineage.emit import Delivery, dead_letter_path, deliver, spool_path
 from tasks.lineage.events import RunFacts, TableState, build_event
 from tests.integration.test_producer import consume_all
 
@@ -80,12 +81,17 @@ def test_a_broker_that_does_not_answer_keeps_the_events_in_the_spool(lineage_top
     assert [json.loads(line) for line in spool_path(down).read_text().splitlines()] == sent
 
 
-def test_an_event_the_broker_refuses_is_spooled_not_counted_as_sent(stack_settings, tmp_path):
-    # the topic takes 1 KiB messages: the broker answers MESSAGE_TOO_LARGE, which openlineage's
-    # own delivery callback only logs
-    sent = run_events()
-    assert all(len(json.dumps(e)) > 1024 for e in sent)
+def test_an_event_the_broker_refuses_is_dead_lettered_not_counted_as_sent_nor_blocking(stack_settings, tmp_path):
+    # the topic takes 1 KiB messages: the broker answers MESSAGE_TOO_LARGE (which openlineage's own
+    # delivery callback only logs) for the two large events, and takes the small one between them
+    large = run_events()
+    assert all(len(json.dumps(e)) > 1024 for e in large)
+    small_event = build_event("START", RunFacts("p", FLOW_RUN), "l", "c")
+    assert len(json.dumps(small_event)) < 900
     with private_topic(stack_settings, tmp_path / "state", **{"max.message.bytes": "1024"}) as small:
-        assert deliver(small, sent) == Delivery(0, 2)
-        assert [json.loads(line) for line in spool_path(small).read_text().splitlines()] == sent
-        assert read_back(small, expected=1, timeout_s=1.0) == []
+        assert deliver(small, [large[0], small_event, large[1]]) == Delivery(1, 0, 2)
+        assert not spool_path(small).exists()
+        dead = [json.loads(line) for line in dead_letter_path(small).read_text().splitlines()]
+        assert [d["event"] for d in dead] == large
+        assert all(d["reason"].startswith("Kafka refused the event: MSG_SIZE_TOO_LARGE") for d in dead)
+        assert [json.loads(m.value()) for m in read_back(small, expected=1, timeout_s=5.0)] == [small_event]

@@ -73,3 +73,21 @@ def test_a_where_that_is_not_a_filter_or_names_no_fact_column_is_a_lineage_error
         matching_fact_coordinates(catalog, facts, snapshot, "event_date = ")
     with pytest.raises(LineageError, match="does not apply to silver.fact_conversions"):
         matching_fact_coordinates(catalog, facts, snapshot, "no_such_column = 1")
+
+
+def test_dead_lettered_events_are_counted_on_stderr_and_stdout_stays_the_answer(cli, lakehouse):
+    from tasks.lineage.emit import dead_letter_path
+    from tasks.settings import load_settings
+
+    path = dead_letter_path(load_settings())  # the private lakehouse's, from the cli fixture's environment
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"event": {"n": n}, "reason": "HTTP 422 Unprocessable Entity",
+                                        "dead_lettered_at": "2026-12-01T05:44:12+00:00"}) + "\n" for n in range(3)))
+    try:
+        result = cli("lineage", "bronze.conversion_events_raw", "--format", "json")
+    finally:
+        path.unlink()
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["table"] == "bronze.conversion_events_raw"
+    assert result.stderr.strip() == (f"note: 3 lineage events refused for good by the file backend, kept in {path}")
+    assert cli("lineage", "bronze.conversion_events_raw", "--format", "json").stderr == ""  # none: no note

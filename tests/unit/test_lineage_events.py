@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tasks.lineage.emit import deliver, spool_path
+from tasks.lineage.emit import Delivery, deliver, spool_path
 from tasks.lineage.events import RunFacts, TableState, audit_row, build_event
 from tasks.lineage.run import committed_snapshots, emits_lineage
 from tasks.lineage.walk import OffsetRange
@@ -101,23 +101,30 @@ def test_committed_snapshots_from_each_flows_report():
 
 
 class _Receiver:
-    """A real OpenLineage HTTP backend on loopback: records each POSTed event and its headers."""
+    """A real OpenLineage HTTP backend on loopback: records each POSTed event and its headers;
+    ``status`` answers each event (201: taken; any other code: refused, with a JSON error body)."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, status=lambda event: 201):
         received = self.received = []
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append((self.path, self.headers.get("Authorization"), json.loads(body)))
-                self.send_response(201)
+                event = json.loads(body)
+                code = status(event)
+                if code == 201:
+                    received.append((self.path, self.headers.get("Authorization"), event))
+                answer = b"" if code == 201 else json.dumps({"code": code, "message": "no"}).encode()
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
+                self.wfile.write(answer)
 
             def log_message(self, *args):
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def stop(self):
@@ -139,18 +146,18 @@ def test_a_backend_that_is_down_spools_and_everything_arrives_in_order_once_it_i
     port = _free_port()
     settings = _settings(tmp_path, lineage_transport="http", lineage_url=f"http://127.0.0.1:{port}",
                          lineage_api_key="k-123")
-    assert deliver(settings, [_event(1), _event(2)]) == (0, 2)  # nobody listens
-    assert deliver(settings, [_event(3)]) == (0, 3)
+    assert deliver(settings, [_event(1), _event(2)]) == Delivery(0, 2)  # nobody listens
+    assert deliver(settings, [_event(3)]) == Delivery(0, 3)
     spool = spool_path(settings)
     assert [json.loads(line)["job"]["name"] for line in spool.read_text().splitlines()] == ["job-1", "job-2", "job-3"]
     receiver = _Receiver(port)
     try:
-        assert deliver(settings, [_event(4)]) == (4, 0)
+        assert deliver(settings, [_event(4)]) == Delivery(4, 0)
         assert [e["job"]["name"] for _, _, e in receiver.received] == ["job-1", "job-2", "job-3", "job-4"]
         assert {path for path, _, _ in receiver.received} == {"/api/v1/lineage"}
         assert {auth for _, auth, _ in receiver.received} == {"Bearer k-123"}
         assert not spool.exists()
-        assert deliver(settings, [_event(5)]) == (1, 0)  # nothing re-sent twice
+        assert deliver(settings, [_event(5)]) == Delivery(1, 0)  # nothing re-sent twice
         assert len(receiver.received) == 5
     finally:
         receiver.stop()
@@ -166,7 +173,7 @@ def test_a_backend_failing_midway_keeps_only_what_it_did_not_take(tmp_path):
             taken.append(event["job"]["name"])
 
     settings = _settings(tmp_path, lineage_transport="http", lineage_url="http://127.0.0.1:1")
-    assert deliver(settings, [_event(n) for n in range(4)], transport=Flaky()) == (2, 2)
+    assert deliver(settings, [_event(n) for n in range(4)], transport=Flaky()) == Delivery(2, 2)
     assert taken == ["job-0", "job-1"]
     spool = spool_path(settings)
     assert [json.loads(line)["job"]["name"] for line in spool.read_text().splitlines()] == ["job-2", "job-3"]
@@ -183,7 +190,7 @@ def test_the_file_transport_appends_json_lines_to_the_state_folder(tmp_path):
 
 def test_off_sends_nothing(tmp_path):
     settings = _settings(tmp_path, lineage_transport="off")
-    assert deliver(settings, [_event(1)]) == (0, 0)
+    assert deliver(settings, [_event(1)]) == Delivery(0, 0)
     assert not (settings.state_dir / "lineage").exists()
 
 

@@ -1,6 +1,7 @@
 """How well gold.hourly_anomalies finds injected incidents, against a naive threshold baseline.
 
     .venv/bin/python benchmarks/anomaly_detection.py [--events 600000] [--days 42] [--incidents 24] [--seeds 11 12 13 14]
+        [--outages 6]
 
 Seeded traffic with a trend, weekly and daily seasonality and random incidents (error bursts,
 latency spikes, traffic drops, one direction or both) comes from the simulator; its records are
@@ -19,6 +20,14 @@ direction, over the whole run): a fixed threshold, blind to seasonality.
 The thresholds in tasks/transforms/anomalies.py were tuned on seed 11; seeds 12-14 are held out,
 and the JSON pools both ways.
 
+Outages: the random incidents' traffic drops lose 60% of the calls, never all of them. With
+``--outages N`` (default 6) each seed's traffic is generated a second time with N outages added
+(every call of a direction, or of both, lost for 1-2 hours, at seeded hours after the warm-up week,
+apart from the other incidents), and the JSON's ``outages`` says how many were found, with the
+outage rows (hours without calls, 0 requests) and without them: the scorer's rows for hours with
+calls do not depend on the outage rows (they never enter a baseline), so "without" is what
+gold.hourly_anomalies found before it filled outages.
+
 Writes benchmarks/results/anomaly_detection.json (with the last seed's truth file beside it).
 """
 
@@ -28,10 +37,11 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,13 +50,21 @@ sys.path.insert(0, str(ROOT))
 import daft  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from tasks.simulator import RANDOM_INCIDENT_WARMUP_DAYS, TrafficProfile, generate, random_incidents, write_truth  # noqa: E402
+from tasks.simulator import (  # noqa: E402
+    RANDOM_INCIDENT_WARMUP_DAYS,
+    Incident,
+    TrafficProfile,
+    generate,
+    random_incidents,
+    write_truth,
+)
 from tasks.transforms import anomalies  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "anomaly_detection.json"
 TRUTH = ROOT / "benchmarks" / "results" / "anomaly_detection_truth.json"
 END = datetime(2025, 3, 3, tzinfo=timezone.utc)  # a Monday midnight: every hour bucket is a whole UTC hour
 KEPT = ("valid", "late", "wrong_conversion")
+OUTAGE_DIRECTIONS = ("to_roman", "from_roman", "both")
 
 
 def facts_of(profile: TrafficProfile) -> daft.DataFrame:
@@ -114,7 +132,59 @@ def figures(flags: dict[tuple[int, str], bool], truth: set, incidents: list[set]
     }
 
 
-def run(events: int, days: int, incidents: int, seed: int) -> dict:
+def outage_incidents(around: tuple[Incident, ...], start: datetime, end: datetime, count: int,
+                     seed: int) -> tuple[Incident, ...]:
+    """``count`` outages (a traffic drop of every call, 1-2 hours, directions in turn) at seeded
+    hours after the warm-up week, at least 3 hours from ``around``'s incidents and each other."""
+    rng = random.Random(f"{seed}/outages")
+    first = start + timedelta(days=RANDOM_INCIDENT_WARMUP_DAYS, hours=1)
+    hour = timedelta(hours=1)
+    taken: set[int] = set()
+    for incident in around:
+        at = round((incident.start - first) / hour)
+        taken.update(range(at, at + incident.hours))
+    slots = int((end - first) / hour) - 2
+    if count and slots - len(taken) < count * 8:
+        raise SystemExit(f"error: --outages {count} do not fit after the warm-up week; use fewer or more --days")
+    out: list[Incident] = []
+    while len(out) < count:
+        hours = rng.randint(1, 2)
+        at = rng.randrange(slots)
+        if taken & set(range(at - 3, at + hours + 3)):
+            continue
+        taken.update(range(at, at + hours))
+        out.append(Incident("traffic_drop", first + at * hour, hours, OUTAGE_DIRECTIONS[len(out) % 3], 1.0))
+    return tuple(out)
+
+
+def outage_run(events: int, days: int, chosen: tuple[Incident, ...], count: int, seed: int) -> dict:
+    """The seed's traffic again with ``count`` outages added: how many are found, with and without
+    the outage rows, and the detector's figures on that traffic."""
+    added = outage_incidents(chosen, END - _days(days), END, count, seed)
+    profile = TrafficProfile(events=events, days=days, seed=seed, end=END, trend=0.03, seasonal=True,
+                             incidents=tuple(sorted(chosen + added, key=lambda i: (i.start, i.kind))))
+    scored = anomalies.score_hours(anomalies.hourly_metrics(facts_of(profile)).to_arrow()).to_pylist()
+    truth, per_incident = truth_rows(profile)
+    flags = {(_us(r["event_hour"]), r["direction"]): r["is_anomaly"] for r in scored}
+    with_calls = {(_us(r["event_hour"]), r["direction"]): r["is_anomaly"] for r in scored if r["requests"]}
+    filled = {(_us(r["event_hour"]), r["direction"]) for r in scored if not r["requests"]}
+    outage_rows = [rows for incident, rows in zip(profile.incidents, per_incident) if incident in added]
+    warm = warm_from(days)
+    evaluated = {(_us(r["event_hour"]), r["direction"]) for r in scored if r["event_hour"] >= warm}
+    return {
+        "injected": [i.as_truth() for i in added],
+        "incidents": len(added),
+        "found": sum(1 for rows in outage_rows if any(flags.get(k) for k in rows)),
+        "found_without_outage_rows": sum(1 for rows in outage_rows if any(with_calls.get(k) for k in rows)),
+        "rows": sum(len(rows) for rows in outage_rows),
+        "rows_without_calls": sum(len(rows & filled) for rows in outage_rows),
+        "rows_flagged": sum(1 for rows in outage_rows for k in rows if flags.get(k)),
+        "outage_rows_flagged_elsewhere": sum(1 for k in filled - truth if flags.get(k)),
+        "detector_after_warmup": figures(flags, truth, per_incident, evaluated),
+    }
+
+
+def run(events: int, days: int, incidents: int, seed: int, outages: int = 0) -> dict:
     chosen = random_incidents(END - _days(days), END, incidents, seed)
     profile = TrafficProfile(events=events, days=days, seed=seed, end=END, trend=0.03, seasonal=True,
                              incidents=chosen)
@@ -129,10 +199,10 @@ def run(events: int, days: int, incidents: int, seed: int) -> dict:
     truth, per_incident = truth_rows(profile)
 
     detector = {(_us(r["event_hour"]), r["direction"]): r["is_anomaly"] for r in scored.to_pylist()}
-    warm = END - _days(days - RANDOM_INCIDENT_WARMUP_DAYS) if days >= 2 * RANDOM_INCIDENT_WARMUP_DAYS else END - _days(days)
+    warm = warm_from(days)
     evaluated = {(_us(r["event_hour"]), r["direction"]) for r in scored.to_pylist() if r["event_hour"] >= warm}
     weekly = {(_us(r["event_hour"]), r["direction"]) for r in scored.to_pylist() if r["baseline_weeks"] >= 1}
-    naive = naive_flags(metrics)
+    naive = naive_flags(scored.select(["event_hour", "direction", *anomalies.METRICS]))  # the same rows as the detector
     by_metric = {}
     for metric in anomalies.METRICS:
         flags = {(_us(r["event_hour"]), r["direction"]): r[f"{metric}_anomaly"] for r in scored.to_pylist()}
@@ -161,14 +231,18 @@ def run(events: int, days: int, incidents: int, seed: int) -> dict:
             "after_warmup": figures(naive, truth, per_incident, evaluated),
             "all_rows": figures(naive, truth, per_incident, set(detector)),
         },
+        "outages": outage_run(events, days, chosen, outages, seed) if outages else None,
         "seconds": {"generate_and_parse": round(generated, 2), "hourly_metrics_and_score": round(scoring, 2)},
         "targets": {"recall": 0.9, "precision": 0.8},
     }
 
 
-def _days(n: int):
-    from datetime import timedelta
+def warm_from(days: int) -> datetime:
+    """The first hour evaluated: after the warm-up week that random incidents avoid."""
+    return END - _days(days - RANDOM_INCIDENT_WARMUP_DAYS) if days >= 2 * RANDOM_INCIDENT_WARMUP_DAYS else END - _days(days)
 
+
+def _days(n: int) -> timedelta:
     return timedelta(days=n)
 
 
@@ -190,10 +264,12 @@ def main() -> None:
     parser.add_argument("--incidents", type=int, default=24)
     parser.add_argument("--seeds", type=int, nargs="+", default=[11, 12, 13, 14],
                         help="the thresholds were tuned on seed 11; the others are held out")
+    parser.add_argument("--outages", type=int, default=6,
+                        help="outages (all calls lost for 1-2 hours) in a second run of each seed; 0 skips it")
     args = parser.parse_args()
     runs = []
     for seed in args.seeds:
-        result = run(args.events, args.days, args.incidents, seed)
+        result = run(args.events, args.days, args.incidents, seed, args.outages)
         runs.append(result)
         d, n = result["detector"]["after_warmup"], result["naive_threshold"]["after_warmup"]
         print(f"seed {seed}: rows after the warm-up week {d['rows']} ({d['incident_rows']} in incidents)")
@@ -201,6 +277,10 @@ def main() -> None:
               f"{d['incidents']} (fp {d['false_positives']}, fn {d['false_negatives']})")
         print(f"  naive:    precision {n['precision']} recall {n['recall']} incidents found {n['incidents_found']}/"
               f"{n['incidents']} (fp {n['false_positives']}, fn {n['false_negatives']})")
+        if result["outages"]:
+            o = result["outages"]
+            print(f"  outages:  found {o['found']}/{o['incidents']} ({o['found_without_outage_rows']} without the "
+                  f"outage rows); {o['rows_without_calls']}/{o['rows']} outage rows without calls")
     held_out = [r for r in runs if r["traffic"]["seed"] != 11] or runs
     summary = {
         "benchmark": "anomaly_detection",
@@ -208,12 +288,16 @@ def main() -> None:
         "tuned_on_seed": 11,
         "detector_all_seeds": pooled(runs, "detector"), "naive_all_seeds": pooled(runs, "naive_threshold"),
         "detector_held_out": pooled(held_out, "detector"), "naive_held_out": pooled(held_out, "naive_threshold"),
+        "outages_all_seeds": {key: sum(r["outages"][key] for r in runs if r["outages"])
+                              for key in ("incidents", "found", "found_without_outage_rows", "rows", "rows_flagged")},
         "targets": {"recall": 0.9, "precision": 0.8},
         "runs": runs,
     }
     for key in ("detector_all_seeds", "naive_all_seeds", "detector_held_out", "naive_held_out"):
         f = summary[key]
         print(f"{key}: precision {f['precision']} recall {f['recall']} incidents {f['incidents_found']}/{f['incidents']}")
+    o = summary["outages_all_seeds"]
+    print(f"outages_all_seeds: found {o['found']}/{o['incidents']} ({o['found_without_outage_rows']} without the outage rows)")
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(f"wrote {RESULT.relative_to(ROOT)} (truth file of the last seed: {os.path.relpath(TRUTH, ROOT)})")

@@ -14,6 +14,15 @@ Requests are flagged both ways (a drop or a surge); the error rate and p95 only 
 also needs a minimum effect (``MIN_EFFECT``) and enough calls to tell (``MIN_P95_CALLS``,
 ``MIN_EXCESS_FAILURES``), so noise in quiet hours is not paged.
 
+An outage (an hour without a single call) has no fact row. Within a day's span of calls (its first
+to its last hour with any call, either direction), a direction's hour without calls is an outage
+row: 0 requests, scored against its baseline; no error rate or p95 (no calls: undefined, never
+scored). Outage rows never enter a baseline (history is the hours that had calls: a zero there
+would drag quiet hours' medians down and hide the next week's incidents), and an outage hour
+without a baseline gets no row (nothing to score it against). Hours before a day's first call or
+after its last are not filled: nothing tells an outage from "not yet". A row of 0 requests in the
+input is such an outage row read back from the table: it is dropped and filled again.
+
 Incremental builds: an hour's row depends on its own day and on the days its baseline reads, so a
 touched day changes its own rows and those of the ``dependent_days`` after it.
 """
@@ -138,39 +147,58 @@ def baseline_hours(hour_us: int, present: set[int]) -> tuple[list[int], int]:
     return (daily, 0) if len(daily) >= MIN_POINTS else ([], 0)
 
 
+def day_spans(hours: Iterable[int]) -> dict[int, tuple[int, int]]:
+    """{day number: (first hour, last hour)} of the hours with calls, in epoch microseconds."""
+    spans: dict[int, tuple[int, int]] = {}
+    for hour in hours:
+        first, last = spans.get(hour // DAY_US, (hour, hour))
+        spans[hour // DAY_US] = (min(first, hour), max(last, hour))
+    return spans
+
+
+def outage_hours(present: set[int], spans: dict[int, tuple[int, int]]) -> set[int]:
+    """The hours of the day ``spans`` at which a direction with calls at ``present`` had none."""
+    return {hour for first, last in spans.values() for hour in range(first, last + 1, HOUR_US)} - present
+
+
 def score_hours(metrics: pa.Table, days: Iterable[date] | None = None) -> pa.Table:
     """gold.hourly_anomalies rows for the hours of ``days`` (every hour when None), scored against
     the other rows of ``metrics`` (columns event_hour, direction, requests, error_rate,
-    p95_latency_ms; it must hold the baseline days of those hours too)."""
+    p95_latency_ms; it must hold the baseline days of those hours too), outage hours included."""
     hours = metrics.column("event_hour").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_pylist()
     directions = metrics.column("direction").to_pylist()
     values = {m: metrics.column(m).to_pylist() for m in METRICS}
+    called = [i for i, requests in enumerate(values["requests"]) if requests]  # 0: a stored outage row
     by_direction: dict[str, dict[int, int]] = {}
-    for i, (hour, direction) in enumerate(zip(hours, directions)):
-        by_direction.setdefault(direction, {})[hour] = i
+    for i in called:
+        by_direction.setdefault(directions[i], {})[hours[i]] = i
+    spans = day_spans(hours[i] for i in called)
     wanted = None if days is None else {(d - EPOCH).days for d in days}
     rows = {name: [] for name in ANOMALY_COLUMNS}
     for direction in sorted(d for d in by_direction if d is not None):
         index = by_direction[direction]
         present = set(index)
-        for hour in sorted(present):
+        for hour in sorted(present | outage_hours(present, spans)):
             if wanted is not None and hour // DAY_US not in wanted:
                 continue
-            i = index[hour]
+            i = index.get(hour)
             base, weeks = baseline_hours(hour, present)
+            if i is None and not base:
+                continue  # an outage with nothing to score it against
+            requests = values["requests"][i] if i is not None else 0
             rows["event_hour"].append(hour)
             rows["direction"].append(direction)
             rows["baseline_weeks"].append(weeks)
             flagged = False
             for metric in METRICS:
-                value = values[metric][i]
+                value = values[metric][i] if i is not None else (0 if metric == "requests" else None)
                 history = [values[metric][index[h]] for h in base]
                 history = [v for v in history if v is not None]
                 baseline = score = None
                 if value is not None and len(history) >= MIN_POINTS:
                     baseline = median(history)
-                    score = (value - baseline) / scale_of(metric, history, values["requests"][i] or 0)
-                anomaly = is_flagged(metric, score, value, baseline, values["requests"][i] or 0)
+                    score = (value - baseline) / scale_of(metric, history, requests)
+                anomaly = is_flagged(metric, score, value, baseline, requests)
                 flagged = flagged or anomaly
                 rows[metric].append(value)
                 rows[f"{metric}_baseline"].append(baseline)

@@ -59,6 +59,28 @@ def _hourly_truth(values: list[bytes]) -> dict[tuple[datetime, str], tuple[int, 
     return out
 
 
+def _outages(truth: dict) -> set[tuple[datetime, str]]:
+    """The (hour, direction) keys without calls that get an outage row: inside their day's span of
+    calls (first to last hour with a call, either direction), with a baseline of hours with calls
+    (2 of the same hour in the 4 trailing weeks, else 2 of the same hour on days of the same kind
+    in the 14 trailing days)."""
+    days = defaultdict(set)
+    for hour, _ in truth:
+        days[hour.date()].add(hour)
+    out = set()
+    for hours in days.values():
+        hour = min(hours)
+        while hour <= max(hours):
+            for d in {d for _, d in truth}:
+                weekly = [k for k in range(1, 5) if (hour - timedelta(weeks=k), d) in truth]
+                daily = [k for k in range(1, 15) if (hour - timedelta(days=k), d) in truth
+                         and ((hour - timedelta(days=k)).weekday() >= 5) == (hour.weekday() >= 5)]
+                if (hour, d) not in truth and (len(weekly) >= 2 or len(daily) >= 2):
+                    out.add((hour, d))
+            hour += timedelta(hours=1)
+    return out
+
+
 def test_anomalies_and_forecast_from_traffic_with_known_incidents(private):
     values = [r.value for r in generate(PROFILE)]
     land_in_bronze(private, values, at=NOW)
@@ -69,8 +91,15 @@ def test_anomalies_and_forecast_from_traffic_with_known_incidents(private):
     catalog = open_catalog(private, "serving")
     rows = catalog.load_table(GOLD_HOURLY_ANOMALIES.identifier).scan().to_arrow().to_pylist()
     truth = _hourly_truth(values)
-    assert {(r["event_hour"], r["direction"]) for r in rows} == set(truth)
+    outages = _outages(truth)
+    assert {(r["event_hour"], r["direction"]) for r in rows} == set(truth) | outages
     for r in rows:
+        if (r["event_hour"], r["direction"]) in outages:  # no calls: 0 requests scored, nothing else
+            assert r["requests"] == 0 and r["requests_baseline"] is not None and r["requests_score"] <= 0, r
+            assert (r["error_rate"], r["error_rate_score"], r["p95_latency_ms"], r["p95_latency_ms_score"]) == \
+                (None, None, None, None), r
+            assert not r["error_rate_anomaly"] and not r["p95_latency_ms_anomaly"], r
+            continue
         requests, error_rate, p95 = truth[(r["event_hour"], r["direction"])]
         assert (r["requests"], r["p95_latency_ms"]) == (requests, p95)
         assert r["error_rate"] == pytest.approx(error_rate)

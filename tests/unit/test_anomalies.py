@@ -120,6 +120,66 @@ def test_a_drop_is_flagged_and_a_low_error_rate_is_not():
     assert row["error_rate_score"] < 0 and not row["error_rate_anomaly"]
 
 
+def _outage_week() -> list[tuple]:
+    """from_roman at 12:00-16:00 of the three Mondays before MONDAY (40, 44, 36 calls at 14:00);
+    on MONDAY itself calls at 13:00 and 15:00 only (to_roman at both, from_roman at 13:00): the
+    day's span is 13:00-15:00 and from_roman has no call at 14:00."""
+    rows = []
+    for back, at_two in ((3, 40), (2, 44), (1, 36)):
+        for h in (12, 13, 14, 15, 16):
+            rows.append((MONDAY - back * WEEK + (h - 14) * HOUR, "from_roman", at_two if h == 14 else 30, 0.02, 8.0))
+    rows += [(MONDAY - HOUR, "to_roman", 50, 0.0, 5.0), (MONDAY + HOUR, "to_roman", 50, 0.0, 5.0),
+             (MONDAY - HOUR, "from_roman", 30, 0.0, 5.0)]
+    return rows
+
+
+def test_an_hour_without_calls_inside_the_day_is_an_outage_flagged_as_a_drop():
+    scored = score_hours(_metrics(_outage_week()))
+    outage = _row(scored, MONDAY, "from_roman")
+    # baseline: median of 40, 44, 36 = 40, MAD 4 -> 5.93; floors sqrt(40) = 6.32 and 4 -> 6.32
+    assert outage["requests"] == 0 and outage["baseline_weeks"] == 3
+    assert outage["requests_baseline"] == 40
+    assert outage["requests_score"] == pytest.approx(-40 / math.sqrt(40))
+    assert outage["requests_score"] < 0 and outage["requests_anomaly"] and outage["is_anomaly"]
+    # no calls: no error rate or p95 to score, whatever their history says
+    for metric in ("error_rate", "p95_latency_ms"):
+        assert outage[metric] is None and outage[f"{metric}_baseline"] is None
+        assert outage[f"{metric}_score"] is None and not outage[f"{metric}_anomaly"]
+
+
+def test_hours_outside_the_days_span_and_outages_without_history_get_no_row():
+    scored = score_hours(_metrics(_outage_week()))
+    today = [(r["event_hour"], r["direction"]) for r in scored.to_pylist() if r["event_hour"].date() == MONDAY.date()]
+    # from_roman's 14:00 and 15:00 are inside the span (15:00 is to_roman's last call); its 12:00
+    # and 16:00 have history too, but are before the day's first call and after its last.
+    # to_roman's 14:00 is inside the span but has no history to score it against.
+    assert sorted(today) == sorted([(MONDAY - HOUR, "to_roman"), (MONDAY + HOUR, "to_roman"),
+                                    (MONDAY - HOUR, "from_roman"), (MONDAY, "from_roman"),
+                                    (MONDAY + HOUR, "from_roman")])
+    assert _row(scored, MONDAY + HOUR, "from_roman")["requests_baseline"] == 30
+
+
+def test_an_outage_is_not_in_the_baseline_of_the_same_hour_next_week():
+    rows = _outage_week() + [(MONDAY + WEEK, "from_roman", 41, 0.02, 8.0)]
+    row = _row(score_hours(_metrics(rows)), MONDAY + WEEK, "from_roman")
+    # the trailing weeks with calls: 36, 44, 40 (the outage's 0 left out) -> median 40, MAD 4,
+    # scale sqrt(40); with the 0 it would be 4 weeks and a median of 38
+    assert row["baseline_weeks"] == 3
+    assert row["requests_baseline"] == 40
+    assert row["requests_score"] == pytest.approx(1 / math.sqrt(40))
+    assert not row["is_anomaly"]
+
+
+def test_outage_rows_read_back_from_the_table_give_the_same_rows():
+    """The incremental build reads untouched days' metrics back from gold.hourly_anomalies, outage
+    rows (0 requests) included: they must be refilled, not taken for hours with calls."""
+    scored = score_hours(_metrics(_outage_week() + [(MONDAY + WEEK, "from_roman", 41, 0.02, 8.0)]))
+    assert 0 in scored.column("requests").to_pylist()
+    assert _row(scored, MONDAY + WEEK, "from_roman")["baseline_weeks"] == 3
+    again = score_hours(scored.select(["event_hour", "direction", "requests", "error_rate", "p95_latency_ms"]))
+    assert again.to_pylist() == scored.to_pylist()
+
+
 def test_short_history_falls_back_to_the_same_hour_of_days_of_the_same_kind():
     # Monday 14:00 with one week back only: the fallback reads the trailing weekdays' 14:00 and
     # skips the weekend's, however different
@@ -177,6 +237,7 @@ def test_changing_some_days_changes_only_their_dependent_days():
     partial = score_hours(_metrics(after), sorted(affected)).to_pylist()
     assert partial == [r for r in new if r["event_hour"].date() in affected]
     assert any(r["is_anomaly"] for r in partial)
+    assert any(r["requests"] == 0 for r in partial)  # the hours without traffic, filled as outages
 
 
 def test_dependent_days_by_hand():

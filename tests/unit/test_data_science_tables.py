@@ -17,11 +17,14 @@ from tasks.data_science import anomaly_change, forecast_changes
 from tasks.settings import load_settings
 from tasks.simulator import Incident, TrafficProfile, generate
 from tasks.tables import DATA_SCIENCE_TABLES, SILVER_FACT_CONVERSIONS, ensure_table
+from tests.unit.embedded_lake import embedded_env, only_env
 
 END = datetime(2025, 3, 3, 10, tzinfo=timezone.utc)
+OUTAGE = datetime(2025, 2, 26, 14, tzinfo=timezone.utc)  # from_roman loses every call for 2 hours
 PROFILE = TrafficProfile(
     events=15_000, days=24, seed=5, end=END, seasonal=True, malformed_rate=0.0, duplicate_rate=0.0, late_rate=0.01,
-    incidents=(Incident("error_burst", datetime(2025, 2, 25, 14, tzinfo=timezone.utc), 1, "both", 0.6),),
+    incidents=(Incident("error_burst", datetime(2025, 2, 25, 14, tzinfo=timezone.utc), 1, "both", 0.6),
+               Incident("traffic_drop", OUTAGE, 2, "from_roman", 1.0)),
 )
 FACTS = pa.schema([("event_id", pa.string()), ("occurred_at", pa.timestamp("us", tz="UTC")),
                    ("event_date", pa.date32()), ("direction", pa.string()), ("success", pa.bool_()),
@@ -30,10 +33,7 @@ FACTS = pa.schema([("event_id", pa.string()), ("occurred_at", pa.timestamp("us",
 
 @pytest.fixture
 def lake(tmp_path, monkeypatch):
-    for key, value in {"LAKEHOUSE_PROFILE": "embedded", "LAKEHOUSE_CATALOG_URI": f"sqlite:///{tmp_path / 'catalog.db'}",
-                       "LAKEHOUSE_WAREHOUSE": (tmp_path / "warehouse").as_uri(),
-                       "LAKEHOUSE_STATE_DIR": str(tmp_path / "state")}.items():
-        monkeypatch.setenv(key, value)
+    only_env(monkeypatch, embedded_env(tmp_path))  # whatever `make test` exported (LAKEHOUSE_CONFIG)
     (tmp_path / "warehouse").mkdir()
     settings = load_settings()
     catalog = open_catalog(settings, "admin")
@@ -100,4 +100,9 @@ def test_incremental_builds_with_late_events_equal_a_full_rebuild(lake):
     assert sum(r["requests"] for r in anomalies) == len(facts) + len(late)
     burst = [r for r in anomalies if r["event_hour"] == datetime(2025, 2, 25, 14, tzinfo=timezone.utc)]
     assert len(burst) == 2 and all(r["error_rate_anomaly"] for r in burst)
+    outage = {r["event_hour"]: r for r in anomalies if r["direction"] == "from_roman"
+              and OUTAGE <= r["event_hour"] < OUTAGE + timedelta(hours=2)}
+    assert len(outage) == 2, outage
+    assert all(r["requests"] == 0 and r["error_rate"] is None and r["requests_anomaly"] and r["requests_score"] < 0
+               for r in outage.values()), outage
     assert len(incremental["gold.capacity_forecast"]) == 4 * 14 and len(incremental["gold.forecast_accuracy"]) == 8

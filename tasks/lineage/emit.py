@@ -138,13 +138,9 @@ class _FileTransport:
         self._inner = FileTransport(FileConfig(log_file_path=str(path), append=True))
 
     def emit(self, event: dict) -> None:
-        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                rotate_events(self.path, self._max_bytes, self._keep, datetime.now(timezone.utc))
-                self._inner.emit(event)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with _locked(self.path.with_name(self.path.name + ".lock")):
+            rotate_events(self.path, self._max_bytes, self._keep, datetime.now(timezone.utc))
+            self._inner.emit(event)
 
 
 EVENTS_FILE = "events.jsonl"
@@ -239,16 +235,23 @@ def dead_letters(settings: Settings) -> list[dict]:
 
 
 @contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """An exclusive lock on ``lock_path`` across processes, for the length of the block."""
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextmanager
 def _spool_lock(settings: Settings) -> Iterator[Path]:
     """The spool file, held by this process only: concurrent flows neither resend nor drop each other's events."""
     spool = spool_path(settings)
     spool.parent.mkdir(parents=True, exist_ok=True)
-    with open(spool.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield spool
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with _locked(spool.with_suffix(".lock")):
+        yield spool
 
 
 def _write_spool(path: Path, events: Sequence[dict]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Optional
 
@@ -288,8 +288,9 @@ def run_ingest(
     from tasks.offsets import OffsetsOutOfRangeError
 
     try:
-        report = ingest_flow(max_records=max_records, max_bytes=max_bytes, max_seconds=max_seconds,
-                             max_batches=1_000_000 if until_caught_up else 1, settings=s, crash_at=crash_at)
+        with redirect_stdout(sys.stderr):  # stdout is the JSON report: Ray prints its raylet's warnings there
+            report = ingest_flow(max_records=max_records, max_bytes=max_bytes, max_seconds=max_seconds,
+                                 max_batches=1_000_000 if until_caught_up else 1, settings=s, crash_at=crash_at)
     except OffsetsMovedError as exc:
         fail(f"another ingest run committed first; rerun to continue ({exc})", 3)
     except OffsetsOutOfRangeError as exc:
@@ -328,7 +329,8 @@ def run_silver(crash_at: Optional[str] = typer.Option(None, hidden=True, help="t
     from tasks.commits import StaleCommitError
 
     try:
-        report = silver_flow(settings=s, crash_at=crash_at)
+        with redirect_stdout(sys.stderr):  # stdout is the JSON report (see run_ingest)
+            report = silver_flow(settings=s, crash_at=crash_at)
     except StaleCommitError as exc:
         fail(f"another silver run committed first; rerun to continue ({exc})", 3)
     except Exception as exc:  # noqa: BLE001 - re-raised unless it is a full store
@@ -348,7 +350,8 @@ def run_gold(
     from tasks.commits import StaleCommitError
 
     try:
-        report = gold_flow(full=full, settings=s, crash_at=crash_at)
+        with redirect_stdout(sys.stderr):  # stdout is the JSON report (see run_ingest)
+            report = gold_flow(full=full, settings=s, crash_at=crash_at)
     except StaleCommitError as exc:
         fail(f"another gold build committed first; rerun to continue ({exc})", 3)
     except Exception as exc:  # noqa: BLE001 - re-raised unless it is a full store

@@ -200,3 +200,19 @@ def test_every_bronze_column_writes_as_csv(cli):
     header = next(csv.reader(io.StringIO(result.stdout)))
     assert header == ["topic", "partition", "offset", "kafka_timestamp", "key", "value", "headers",
                       "ingested_at", "ingest_run_id"]
+
+
+@pytest.mark.parametrize("command, flow", [("ingest", "flows.ingest.ingest_flow"), ("silver", "flows.silver.silver_flow"),
+                                           ("gold", "flows.gold.gold_flow")])
+def test_run_prints_only_its_report_on_stdout(cli, command, flow):
+    """Ray prints its raylet's warnings on the driver's stdout while a flow runs: `lakehouse run
+    ... | jq` must still read one JSON report."""
+    def noisy(**_kwargs):
+        print("(raylet) WARNING: 24 PYTHON worker processes have been started on node: ...")
+        return {"records": 3}
+
+    with mock.patch(flow, noisy):
+        result = cli("run", command)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert json.loads(result.stdout) == {"records": 3}
+    assert "(raylet) WARNING" in result.stderr

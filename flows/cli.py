@@ -6,7 +6,7 @@ import json
 import sys
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -288,7 +288,7 @@ def run_ingest(
     from tasks.offsets import OffsetsOutOfRangeError
 
     try:
-        with redirect_stdout(sys.stderr):  # stdout is the JSON report: Ray prints its raylet's warnings there
+        with flow_prints_to_stderr():
             report = ingest_flow(max_records=max_records, max_bytes=max_bytes, max_seconds=max_seconds,
                                  max_batches=1_000_000 if until_caught_up else 1, settings=s, crash_at=crash_at)
     except OffsetsMovedError as exc:
@@ -329,7 +329,7 @@ def run_silver(crash_at: Optional[str] = typer.Option(None, hidden=True, help="t
     from tasks.commits import StaleCommitError
 
     try:
-        with redirect_stdout(sys.stderr):  # stdout is the JSON report (see run_ingest)
+        with flow_prints_to_stderr():
             report = silver_flow(settings=s, crash_at=crash_at)
     except StaleCommitError as exc:
         fail(f"another silver run committed first; rerun to continue ({exc})", 3)
@@ -350,7 +350,7 @@ def run_gold(
     from tasks.commits import StaleCommitError
 
     try:
-        with redirect_stdout(sys.stderr):  # stdout is the JSON report (see run_ingest)
+        with flow_prints_to_stderr():
             report = gold_flow(full=full, settings=s, crash_at=crash_at)
     except StaleCommitError as exc:
         fail(f"another gold build committed first; rerun to continue ({exc})", 3)
@@ -378,7 +378,8 @@ def serve_continuous(
     # ends Crashed (or Cancelled, when cancelled from the UI), and the next run resumes exactly.
     signal.signal(signal.SIGUSR1, lambda *_: request_stop())
     try:
-        report = continuous_flow(run_seconds=seconds, settings=s)
+        with flow_prints_to_stderr():
+            report = continuous_flow(run_seconds=seconds, settings=s)
     except KeyboardInterrupt:
         fail("interrupted", 130)
     out.print_json(json.dumps(report))
@@ -648,7 +649,8 @@ def maintain(
     _prefect_client_env(s)
     from flows.maintenance import maintenance_flow
 
-    report = maintenance_flow(dry_run=dry_run, settings=s, crash_at=crash_at)
+    with flow_prints_to_stderr():
+        report = maintenance_flow(dry_run=dry_run, settings=s, crash_at=crash_at)
     if dry_run:
         for table, parts in report["tables"].items():
             out.print(f"{table}:", highlight=False)
@@ -659,6 +661,15 @@ def maintain(
                 "orphans": parts.get("orphans", {}).get("files"),
             }, default=str))
     out.print_json(json.dumps({"dry_run": dry_run, "totals": report["totals"]}, default=str))
+
+
+@contextmanager
+def flow_prints_to_stderr() -> Iterator[None]:
+    """While a flow runs in this process, stdout is kept for the command's report: whatever the
+    flow's libraries print meanwhile goes to stderr (Ray writes its raylet's warnings to a driver's
+    stdout even with log_to_driver off, and `lakehouse run silver | jq` must still read JSON)."""
+    with redirect_stdout(sys.stderr):
+        yield
 
 
 def _prefect_client_env(s: Settings) -> None:

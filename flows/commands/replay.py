@@ -29,7 +29,7 @@ def replay_cmd(
     valid to silver exactly once (then gold), leave the rest quarantined."""
     import json
 
-    from flows.cli import _prefect_client_env, fail, out, settings
+    from flows.cli import _prefect_client_env, fail, flow_prints_to_stderr, out, settings
 
     try:
         moment = parse_since(since)
@@ -39,5 +39,6 @@ def replay_cmd(
     _prefect_client_env(s)
     from flows.replay import replay_flow
 
-    report = replay_flow(reason=reason, since=moment, dry_run=dry_run, settings=s)
+    with flow_prints_to_stderr():
+        report = replay_flow(reason=reason, since=moment, dry_run=dry_run, settings=s)
     out.print_json(json.dumps({k: v for k, v in report.items() if k != "gold"}, default=str))

@@ -4,32 +4,36 @@
         [--second-node-cpus 1] [--second-node-store-mb 1024] [--workdir /tmp/bench-scaling]
 
 Bigger runs: ``--events 4000000`` or ``--events 10000000`` (the stream and the lakehouses grow
-with it: about 1 GB of work folder per million events).
+with it: about 1 GB of work folder per million events; each run's lakehouse is deleted after it).
 
 One simulator stream of ``--events`` records (5% duplicates, 2% malformed, 1% late; cached in the
-workdir) is landed in bronze of a PRIVATE lakehouse per configuration (benchmarks/private_lake:
-SQLite catalog, file warehouse; commit events and artifacts renamed, so no deployment of the
-lakehouse runs). For each number of nodes (1: the stack's Ray head; 2: plus a second node on this
-machine, tests/integration/second_ray_node.py, joined for the runs and stopped after) and each
-``compute_partitions``, a subprocess runs ``silver_flow`` then ``gold_flow`` on the head
-(``ray_address=auto``; the Daft host of its private catalog starts cold) while /proc is sampled:
+workdir, written and landed a chunk at a time) is landed in bronze of a PRIVATE lakehouse per
+configuration (benchmarks/private_lake: SQLite catalog, file warehouse; commit events and artifacts
+renamed, so no deployment of the lakehouse runs) in 500k-record snapshots, as the ingest does.
+For each number of nodes (1: the stack's Ray head; 2: plus a second node on this machine,
+tests/integration/second_ray_node.py, joined for the runs and stopped after) and each
+``compute_partitions``, a subprocess runs ``silver_flow`` (default bounds: it loops over
+promotions of at most 1M records) then ``gold_flow`` on the head (``ray_address=auto``; the Daft
+host of its private catalog starts cold) while benchmarks/component_memory samples:
 
 * time: each flow's wall seconds;
-* peak memory per component: the flow process (its own high-water mark), and the anonymous memory
-  of the Ray worker processes of each node (summed per sample, the peak over samples, minus the
-  same sum just before the run; the head's workers include other jobs', so that one is noisy).
+* peak memory per component: the flow process (the driver: its process tree, and its own
+  high-water mark), the anonymous memory of the run's Ray workers on each node (its job only:
+  the Daft host it created and Daft's actors), the object store of each node, and all of them
+  together at the same instant.
 
-Every run's silver and gold are reduced to row counts and a digest of their rows, which must be
-the same in every configuration. Writes benchmarks/results/scaling.json. Prints figures; never asserts.
+Every run's silver and gold are then reduced (in another process, outside the measurement) to
+row counts and an order-free digest of their rows (DuckDB, streamed), which must be the same in
+every configuration of a size. Results are kept per size in benchmarks/results/scaling.json
+(``sizes``). Prints figures; never asserts.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -38,78 +42,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from component_memory import ComponentSampler, merge_size, stream_chunks  # noqa: E402
 from private_lake import ROOT, file_lake, isolate_prefect  # noqa: E402
-from sampling import PeriodicSampler  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 RESULT = ROOT / "benchmarks" / "results" / "scaling.json"
-KB = 1024
-NODE_ID = re.compile(r"--node-id=([0-9a-f]+)")
-
-
-def mb(n: float) -> float:
-    return round(n / 1024**2, 1)
-
-
-# ---- sampling /proc ------------------------------------------------------------------------------
-
-def _anon(pid: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * KB
-    except OSError:
-        pass
-    return 0
-
-
-def workers_by_node() -> dict[str, int]:
-    """Anonymous memory of every Ray worker process on this machine, summed by node id."""
-    out: dict[str, int] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "default_worker.py" not in cmdline:
-            continue
-        match = NODE_ID.search(cmdline)
-        if match:
-            out[match.group(1)] = out.get(match.group(1), 0) + _anon(pid)
-    return out
-
-
-class Sampler(PeriodicSampler):
-    """Peak memory of the Ray workers of each node, every ``interval`` seconds."""
-
-    def __init__(self, interval: float):
-        super().__init__(interval)
-        self.peak, self.baseline = {}, workers_by_node()
-
-    def sample(self) -> None:
-        for node, size in workers_by_node().items():
-            self.peak[node] = max(self.peak.get(node, 0), size)
-
-    def summary(self, names: dict[str, str]) -> dict:
-        return {names.get(node, node[:8]): {"peak_mb": mb(size), "growth_mb": mb(size - self.baseline.get(node, 0))}
-                for node, size in self.peak.items() if node in names}
+SNAPSHOT_RECORDS = 500_000  # the ingest's default micro-batch
 
 
 # ---- the private lakehouse of one configuration ------------------------------------------------------
 
-def stream(workdir: Path, events: int, seed: int):
-    from silver_promotion import generate_stream, read_stream
+def stream(workdir: Path, events: int, seed: int) -> Path:
+    from silver_promotion import generate_stream
 
     path = workdir / f"stream-{events}-{seed}.parquet"
     if not path.exists():
         print(f"generating {events} records ...", flush=True)
         generate_stream(path, events, days=7, seed=seed)
-    return read_stream(path, 0, events)
+    return path
 
 
-def build_lake(lake: Path, records) -> None:
-    from silver_promotion import land_bronze
+def build_lake(lake: Path, stream_path: Path) -> dict:
+    """Bronze of a new private lakehouse holds the stream, landed a snapshot at a time."""
+    import silver_promotion as sp
 
     from tasks.catalog import ensure_namespaces, open_catalog
 
@@ -117,29 +72,41 @@ def build_lake(lake: Path, records) -> None:
         shutil.rmtree(lake)
     settings = file_lake(lake)
     ensure_namespaces(open_catalog(settings, "admin"), settings)
-    land_bronze(settings, records)
+    sp.BATCH_RECORDS = SNAPSHOT_RECORDS
+    began, snapshots = time.monotonic(), 0
+    for chunk in stream_chunks(stream_path, SNAPSHOT_RECORDS):
+        snapshots += len(sp.land_bronze(settings, chunk))
+    return {"bronze_snapshots": snapshots, "land_seconds": round(time.monotonic() - began, 1)}
+
+
+def table_digest(reader) -> dict:
+    """Rows and an order-free digest of a table's rows (floats rounded to 9 places), streamed
+    through DuckDB: the sum of the rows' hashes, so no sort and no Python object per row."""
+    import duckdb
+    import pyarrow as pa
+
+    def quoted(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    columns = [f"round({quoted(f.name)}, 9)" if pa.types.is_floating(f.type) else quoted(f.name)
+               for f in reader.schema if f.name != "bronze_snapshot_id"]  # per-catalog ids out
+    con = duckdb.connect()
+    con.register("rows_", reader)
+    rows, digest = con.execute(f"select count(*), sum(hash({', '.join(columns)}))::varchar from rows_").fetchone()
+    return {"rows": rows, "digest": digest}
 
 
 def digest_of(settings) -> dict:
-    """Row counts and a digest of every silver and gold table (floats rounded, per-catalog ids out)."""
+    """Row counts and a digest of every silver and gold table."""
     from tasks.catalog import open_catalog
     from tasks.tables import GOLD_TABLES, SILVER_CONVERSION_EVENTS_REJECTED, SILVER_DIM_USERS, SILVER_FACT_CONVERSIONS
 
     catalog = open_catalog(settings, "serving")
-    out = {}
-    for spec in (SILVER_CONVERSION_EVENTS_REJECTED, SILVER_FACT_CONVERSIONS, SILVER_DIM_USERS, *GOLD_TABLES):
-        rows = catalog.load_table(spec.identifier).scan().to_arrow()
-        rows = rows.drop_columns([c for c in ("bronze_snapshot_id",) if c in rows.column_names])
-        lines = sorted(repr(tuple((k, round(v, 9) if isinstance(v, float) else v) for k, v in sorted(r.items())))
-                       for r in rows.to_pylist())
-        out[spec.identifier] = {"rows": len(lines),
-                                "digest": hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]}
-    return out
+    return {spec.identifier: table_digest(catalog.load_table(spec.identifier).scan().to_arrow_batch_reader())
+            for spec in (SILVER_CONVERSION_EVENTS_REJECTED, SILVER_FACT_CONVERSIONS, SILVER_DIM_USERS, *GOLD_TABLES)}
 
 
 def child_run(ns) -> None:
-    import resource
-
     settings = file_lake(Path(ns.lake)).model_copy(update={"compute_partitions": ns.partitions})
     isolate_prefect(settings)
     from flows.gold import gold_flow
@@ -151,36 +118,65 @@ def child_run(ns) -> None:
     began = time.monotonic()
     gold_flow(settings=settings)
     gold_seconds = time.monotonic() - began
-    result = {"silver_seconds": round(silver_seconds, 2), "gold_seconds": round(gold_seconds, 2),
-              "bronze_records": silver["bronze_records"], "facts": silver["facts"],
-              "flow_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    result["tables"] = digest_of(settings) if ns.digest else None
-    Path(ns.out).write_text(json.dumps(result))
+    import ray
+
+    Path(ns.out).write_text(json.dumps({
+        "silver_seconds": round(silver_seconds, 2), "gold_seconds": round(gold_seconds, 2),
+        "silver_promotions": len(silver.get("batches", [])) or 1,
+        "bronze_records": silver["bronze_records"], "facts": silver["facts"],
+        "flow_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "ray_job": ray.get_runtime_context().get_job_id()}))
+
+
+def child_digest(ns) -> None:
+    Path(ns.out).write_text(json.dumps(digest_of(file_lake(Path(ns.lake)))))
 
 
 # ---- main -----------------------------------------------------------------------------------------------
 
-def measure(settings, workdir: Path, records, partitions: int, names: dict[str, str], interval: float,
-            digest: bool) -> dict:
-    lake = workdir / f"lake-{partitions}"
-    build_lake(lake, records)
+def measure(settings, workdir: Path, stream_path: Path, label: str, partitions: int, names: dict[str, str],
+            interval: float, digest: bool) -> dict:
+    lake = workdir / f"lake-{label.replace('/', '-')}-{time.time_ns()}"  # new catalog: a cold Daft host of its own
+    built = build_lake(lake, stream_path)
     out = workdir / f"run-{time.time_ns()}.json"
     log = out.with_suffix(".log")
     from infra.services import prefect_env
 
     # the stack's Prefect server (a temporary one would start inside the first flow's time)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_")}, **prefect_env(settings)}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "_run", "--lake", str(lake), "--out", str(out),
-           "--partitions", str(partitions), *(["--digest"] if digest else [])]
-    with open(log, "w") as logf, Sampler(interval) as sampler:
-        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT).returncode
-    if rc != 0 or not out.exists():
-        print(f"  !! partitions={partitions} failed (rc {rc}); log {log}:\n{log.read_text()[-3000:]}", flush=True)
-        return {"failed": True, "log": str(log)}
-    result = json.loads(out.read_text())
-    result["ray_workers_memory"] = sampler.summary(names)
-    result["log"] = str(log)
-    return result
+    script = str(Path(__file__).resolve())
+    cmd = [sys.executable, script, "_run", "--lake", str(lake), "--out", str(out), "--partitions", str(partitions)]
+    try:
+        with open(log, "w") as logf:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT)
+            with ComponentSampler(proc.pid, interval) as sampler:
+                rc = proc.wait()
+        if rc != 0 or not out.exists():
+            print(f"  !! {label} failed (rc {rc}); log {log}:\n{log.read_text()[-3000:]}", flush=True)
+            return {"failed": True, "log": str(log), "bronze": built}
+        result = json.loads(out.read_text())
+        result["bronze"] = built
+        result["memory"] = sampler.summary(result.get("ray_job"), names)
+        result["log"] = str(log)
+        if digest:
+            tables = out.with_suffix(".tables.json")
+            with open(log, "a") as logf:
+                subprocess.run([sys.executable, script, "_digest", "--lake", str(lake), "--out", str(tables)],
+                               cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT)
+            result["tables"] = json.loads(tables.read_text()) if tables.exists() else None
+        return result
+    finally:
+        shutil.rmtree(lake, ignore_errors=True)  # ~1 GB per million events; the JSON and log stay
+
+
+def brief(run: dict) -> dict:
+    """The figures of a run worth a line on the console."""
+    m = run.get("memory", {})
+    return {"silver_s": run.get("silver_seconds"), "gold_s": run.get("gold_seconds"),
+            "promotions": run.get("silver_promotions"), "driver_rss_mb": m.get("driver_peak_rss_mb"),
+            "nodes": {n: {"workers_mb": v["ray_workers_anon_peak_mb"], "store_mb": v["object_store_used_peak_mb"]}
+                      for n, v in m.get("nodes", {}).items()},
+            "all_mb": next((v for k, v in m.items() if k.startswith("all_components")), None)}
 
 
 def main() -> None:
@@ -192,13 +188,20 @@ def main() -> None:
     parser.add_argument("--second-node-store-mb", type=int, default=1024, help="object store of the second node")
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--interval", type=float, default=0.2, help="/proc sampling period, seconds")
-    parser.add_argument("--no-digest", action="store_true", help="skip comparing the tables (saves time at 10M)")
+    parser.add_argument("--no-digest", action="store_true", help="skip comparing the tables")
     parser.add_argument("--workdir", default="/tmp/bench-scaling")
     parser.add_argument("--result", default=None, help=f"JSON to write (default {RESULT.relative_to(ROOT)})")
     args = parser.parse_args()
+    try:
+        counts = [int(p) for p in args.partitions.split(",")]
+        node_counts = [int(n) for n in args.nodes.split(",")]
+    except ValueError:
+        parser.exit(2, f"scaling.py: --partitions and --nodes take comma-separated integers, got {args.partitions!r} and {args.nodes!r}\n")
+    if any(n not in (1, 2) for n in node_counts) or any(p < 1 for p in counts):
+        parser.exit(2, f"scaling.py: --nodes takes 1 and/or 2 and --partitions positive integers, got {args.nodes!r} and {args.partitions!r}\n")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    records = stream(workdir, args.events, args.seed)
+    stream_path = stream(workdir, args.events, args.seed)
     settings = file_lake(workdir / "probe")
     from tasks.compute import use_ray
     from tests.integration.second_ray_node import alive_nodes, second_node
@@ -206,14 +209,14 @@ def main() -> None:
     use_ray(settings)  # the second node joins through this process's connection
     head = next(i for i, n in alive_nodes().items() if n["Resources"].get("node:__internal_head__"))
     runs: dict[str, dict] = {}
-    counts = [int(p) for p in args.partitions.split(",")]
-    for nodes in (int(n) for n in args.nodes.split(",")):
+    for nodes in node_counts:
         def run_all(names: dict[str, str]) -> None:
             for partitions in counts:
                 key = f"{nodes}-node/{partitions}-partitions"
                 print(f"{key} ...", flush=True)
-                runs[key] = measure(settings, workdir, records, partitions, names, args.interval, not args.no_digest)
-                print(f"  {json.dumps({k: v for k, v in runs[key].items() if k not in ('tables', 'log')})}", flush=True)
+                runs[key] = measure(settings, workdir, stream_path, key, partitions, names, args.interval,
+                                    not args.no_digest)
+                print(f"  {json.dumps(brief(runs[key]))}", flush=True)
         if nodes == 1:
             run_all({head: "head"})
         else:
@@ -224,16 +227,17 @@ def main() -> None:
     result = {
         "events": args.events, "runs": runs,
         "same_tables_in_every_run": None if args.no_digest else len(tables) == 1,
+        "digest": "DuckDB: count(*) and sum(hash(row)) per table, floats rounded to 9 places",
         "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
                     "second_node": {"cpus": args.second_node_cpus, "object_store_mb": args.second_node_store_mb}},
     }
-    print(json.dumps({k: {f: v.get(f) for f in ("silver_seconds", "gold_seconds", "flow_process_peak_rss_mb",
-                                                   "ray_workers_memory")} for k, v in runs.items()}, indent=1))
+    print(json.dumps({k: brief(v) for k, v in runs.items()}, indent=1))
     print("same tables in every run:", result["same_tables_in_every_run"])
     target = Path(args.result) if args.result else RESULT
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"wrote {target}")
+    document = json.loads(target.read_text()) if target.exists() else {}
+    target.write_text(json.dumps(merge_size(document, args.events, result, "events"), indent=2, default=str) + "\n")
+    print(f"wrote {target} (sizes[{args.events}])")
 
 
 def child_main() -> None:
@@ -242,13 +246,12 @@ def child_main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--lake", required=True)
     parser.add_argument("--partitions", type=int, default=1)
-    parser.add_argument("--digest", action="store_true")
     ns = parser.parse_args()
-    child_run(ns)
+    child_digest(ns) if ns.mode == "_digest" else child_run(ns)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "_run":
+    if len(sys.argv) > 1 and sys.argv[1] in ("_run", "_digest"):
         child_main()
     else:
         main()

@@ -2,7 +2,7 @@
 sink 1.10.1 beside our own paths, on the same machine, topic and stack.
 
     make peers                        # once: pyspark venv, jars, Connect and the sink plugin
-    .venv/bin/python benchmarks/peers.py [--events 1000000] [--parts ingest,connect,freshness]
+    .venv/bin/python benchmarks/peers.py [--events 1000000] [--parts ingest,connect,freshness,silver] [--merge]
 
 Never writes the tables, topics, buckets or consumer groups of the lakehouse it is pointed at:
 
@@ -11,7 +11,9 @@ Never writes the tables, topics, buckets or consumer groups of the lakehouse it 
   REST catalog, located in a bucket of their own, ``bench-peers-<hex>``, on the stack's S3 (the
   tables are created here with an explicit location and dropped with their files at the end);
 * our own path runs through benchmarks/ingest_rate.py and benchmarks/freshness.py helpers on a
-  ``PrivateLake`` (SQLite catalog, ``bench-*`` buckets on the same S3, private consumer group).
+  ``PrivateLake`` (SQLite catalog, ``bench-*`` buckets on the same S3, private consumer group);
+* the silver part promotes in a private file lakehouse (``--silver-workdir``: SQLite catalog, local
+  file warehouse, silver_promotion.py's setup), restored before every run.
 
 Parts (each on the same topic/data for all systems):
 
@@ -23,7 +25,17 @@ Parts (each on the same topic/data for all systems):
    "complete" lines) and data files written.
 3. ``freshness``: steady ``--fresh-rate`` events/s for ``--fresh-seconds``; event → committed bronze
    row for Spark with 10 s and 60 s triggers and for our continuous mode with 10 s and 60 s commit
-   bounds, measured the same way from each table's snapshots (``commit_latencies``).
+   bounds, and for the Connect sink at each ``--fresh-connect-intervals`` commit interval, measured
+   the same way from each table's snapshots (``commit_latencies``).
+4. ``silver``: ``--silver-events`` new bronze records promoted into the silver facts of
+   ``--silver-history`` earlier records (silver_promotion.py's lakehouse): our ``silver_flow`` per
+   ``--silver-runners`` runner, then infra/peers/spark_silver.py (Spark SQL with silver's rules,
+   first-arrival dedup, anti-join against history, quarantine) on the same tables; wall time
+   (Spark's start-up apart), records/s, peak RSS, and both outputs compared (``compare_outputs``).
+
+Peak memory of every part: RSS of the measured process tree (Spark's python and JVM, Connect's JVM,
+our CLI or flow process) plus, for ours, the Ray workers working for it (``TreeMemory``), sampled
+every ``--interval`` seconds.
 
 Writes benchmarks/results/peers.json. Prints figures; never asserts. Spark runs in the peers'
 virtualenv (.lakehouse/peers/venv), Connect from .lakehouse/peers/jars; neither is imported here.
@@ -36,6 +48,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -54,6 +67,8 @@ BENCH = ROOT / "benchmarks"
 for p in (str(ROOT), str(BENCH)):
     if p not in sys.path:
         sys.path.insert(0, p)
+
+from sampling import PeriodicSampler  # noqa: E402
 os.environ.setdefault("LAKEHOUSE_CONFIG", str(ROOT / "infra" / "stack.toml"))
 
 RESULT = BENCH / "results" / "peers.json"
@@ -179,6 +194,103 @@ def ratio(ours: float | None, peer: float | None, higher_is_better: bool = True)
 
 def properties_text(props: dict[str, str]) -> str:
     return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+def memory_peaks(samples: list[dict], counted: set[str] | None = None) -> dict:
+    """Peaks (MB) of sampled RSS: each sample is {"tree": bytes of the measured process tree,
+    "workers": {key: bytes of the Ray workers under that key}}; only ``counted`` keys add up (all
+    when None). Tree + workers is taken at the same instant, not as the sum of two peaks."""
+    if not samples:
+        return {"process_tree_peak_rss_mb": None, "ray_workers_peak_rss_mb": None,
+                "peak_tree_plus_workers_mb (same instant)": None, "samples": 0}
+
+    def workers(sample: dict) -> int:
+        return sum(v for k, v in sample.get("workers", {}).items() if counted is None or k in counted)
+
+    def mb_(n: int) -> float:
+        return round(n / 1024**2, 1)
+
+    return {"process_tree_peak_rss_mb": mb_(max(x["tree"] for x in samples)),
+            "ray_workers_peak_rss_mb": mb_(max(workers(x) for x in samples)),
+            "peak_tree_plus_workers_mb (same instant)": mb_(max(x["tree"] + workers(x) for x in samples)),
+            "samples": len(samples)}
+
+
+def is_ray_worker(ppid: int, cmd: str, procs: dict[int, tuple[int, str]], raylets: set[int]) -> bool:
+    """A Ray worker (``ray::`` title, not an agent) is the raylet's child, or its grandchild under
+    the runtime env's ``uv run`` wrapper; ``procs`` maps pid → (ppid, command line)."""
+    if not cmd.startswith("ray::") or "Agent" in cmd:
+        return False
+    return ppid in raylets or procs.get(ppid, (None, ""))[0] in raylets
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
+
+
+class TreeMemory(PeriodicSampler):
+    """RSS of a process tree and, with ``ray``, of the Ray workers working for it: the bronze writer
+    actors and the workers of Ray jobs that appear after the first sample (the flow's own job, its
+    Daft host). ``watch`` is ingest_rate.run_cli_ingest's watcher hook."""
+
+    WRITERS = "bronze-writer actors"
+
+    def __init__(self, interval: float, ray: bool = False, root: int | None = None):
+        super().__init__(interval)
+        self.root, self.ray = root, ray
+        self.samples: list[dict] = []
+        self.jobs: dict[int, str | None] = {}
+        self.existing_jobs: set[str] | None = None
+
+    def watch(self, pid: int, stop: threading.Event) -> None:
+        self.root = pid
+        while not stop.is_set():
+            self.sample()
+            stop.wait(self.interval)
+
+    def sample(self) -> None:
+        import silver_promotion as sp
+
+        procs = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and (info := sp._stat(int(entry))) is not None:
+                procs[int(entry)] = info
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in procs.items():
+            children.setdefault(ppid, []).append(pid)
+        tree, todo = 0, [self.root] if self.root is not None else []
+        while todo:
+            pid = todo.pop()
+            if pid in procs:
+                tree += _rss(pid)
+                todo.extend(children.get(pid, []))
+        workers: dict[str, int] = {}
+        if self.ray:
+            raylets = {pid for pid, (_, cmd) in procs.items() if "/raylet/raylet " in cmd}
+            for pid, (ppid, cmd) in procs.items():
+                if is_ray_worker(ppid, cmd, procs, raylets):
+                    if pid not in self.jobs:
+                        self.jobs[pid] = sp._job_of(pid)
+                    key = self.WRITERS if "BronzeWriter" in cmd else self.jobs[pid]
+                    if key:
+                        workers[key] = workers.get(key, 0) + _rss(pid)
+            if self.existing_jobs is None:
+                self.existing_jobs = set(workers) - {self.WRITERS}
+        if self.root is not None:  # before the root starts: only the Ray jobs already there are noted
+            self.samples.append({"t": time.time(), "tree": tree, "workers": workers})
+
+    def summary(self) -> dict:
+        seen = {k for x in self.samples for k in x["workers"]}
+        counted = seen - (self.existing_jobs or set())
+        return {**memory_peaks(self.samples, counted if self.ray else set()),
+                "ray_worker_keys_counted": sorted(counted) if self.ray else []}
 
 
 # ---- the peers' private namespace and bucket in the stack's REST catalog --------------------------------
@@ -426,9 +538,149 @@ def drop_groups_with_prefix(settings, prefix: str) -> None:
             drop_consumer_group(settings, group.group_id)
 
 
+# ---- silver promotion: the shared input (silver_promotion.py's setup) -----------------------------------
+
+def silver_workdir_key(history: int, events: int, days: int, seed: int) -> str:
+    return f"{history}-{events}-{days}-{seed}"
+
+
+def silver_setup(workdir: Path, history: int, events: int, days: int, seed: int) -> tuple[Path, dict]:
+    """The private file lakehouse both systems promote in (silver_promotion.py's ``big`` lake: silver
+    holding ``history`` records' facts, bronze the next ``events``); built once, cached by its key."""
+    import silver_promotion as sp
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    key = silver_workdir_key(history, events, days, seed)
+    lake, setup_file = workdir / f"lake-{key}", workdir / f"setup-{key}.json"
+    if setup_file.exists() and (lake / "catalog.pristine.db").exists():
+        return lake, json.loads(setup_file.read_text())
+    import daft
+
+    daft.set_runner_native()  # setup only; the measured runs are processes of their own
+    total = history + events
+    stream = workdir / f"stream-{total}-{days}-{seed}.parquet"
+    setup: dict = {}
+    if not stream.exists():
+        print(f"generating {total:,} simulator records over {days} days ...", flush=True)
+        setup["generate"] = sp.generate_stream(stream, total, days, seed)
+    new = sp.read_stream(stream, history, total)
+    kinds = new.group_by("kind").aggregate([("seq", "count")]).to_pydict()
+    setup["new_batch_kinds"] = dict(zip(kinds["kind"], kinds["seq_count"]))
+    print(f"building the private lakehouse: silver from {history:,} records, bronze {events:,} ...", flush=True)
+    setup["lake"] = sp.build_lakehouse(lake, sp.read_stream(stream, 0, history), new)
+    setup_file.write_text(json.dumps(setup))
+    return lake, setup
+
+
+SPARK_SILVER_JOB = ROOT / "infra" / "peers" / "spark_silver.py"
+
+
+def silver_rules(max_bytes: int, numerals: list[str], required_v1, required_v2, plans, error_codes) -> dict:
+    """Silver's rules as plain data for the Spark job (which imports nothing of the lakehouse):
+    ``numerals[n - 1]`` is n's numeral."""
+    if len(numerals) != 3999 or not all(numerals):
+        raise ValueError(f"numerals: expected the 3999 numerals of 1..3999, got {len(numerals)}")
+    return {"max_bytes": int(max_bytes), "numerals": list(numerals), "required_v1": list(required_v1),
+            "required_v2": list(required_v2), "plans": list(plans), "error_codes": list(error_codes)}
+
+
+def lake_rules(settings) -> dict:
+    from tasks.roman import NUMERALS
+    from tasks.transforms.contract import ERROR_CODES, PLANS, REQUIRED_V1, REQUIRED_V2
+
+    return silver_rules(settings.silver_max_value_bytes, list(NUMERALS[1:4000]), REQUIRED_V1, REQUIRED_V2,
+                        PLANS, ERROR_CODES)
+
+
+def compare_outputs(ours: dict, spark: dict, ours_ids: set[str], spark_ids: set[str]) -> dict:
+    """Facts, rejected and distinct inserted event ids of both systems, with the differences named."""
+    only_ours, only_spark = sorted(ours_ids - spark_ids), sorted(spark_ids - ours_ids)
+    out = {
+        "facts": {"ours": ours.get("facts"), "spark": spark.get("facts_inserted")},
+        "rejected": {"ours": ours.get("rejected"), "spark": spark.get("rejected")},
+        "distinct_event_ids_inserted": {"ours": len(ours_ids), "spark": len(spark_ids)},
+        "event_ids_only_ours": len(only_ours), "event_ids_only_spark": len(only_spark),
+        "sample_only_ours": only_ours[:5], "sample_only_spark": only_spark[:5],
+    }
+    reasons_ours, reasons_spark = ours.get("reasons") or {}, spark.get("reasons") or {}
+    out["reasons_differing"] = {code: {"ours": reasons_ours.get(code, 0), "spark": reasons_spark.get(code, 0)}
+                                for code in sorted(set(reasons_ours) | set(reasons_spark))
+                                if reasons_ours.get(code, 0) != reasons_spark.get(code, 0)}
+    out["same"] = (out["facts"]["ours"] == out["facts"]["spark"] and out["rejected"]["ours"] == out["rejected"]["spark"]
+                   and not only_ours and not only_spark and not out["reasons_differing"])
+    return out
+
+
+def run_spark_silver(lake: Path, workdir: Path, interval: float, cores: int, driver_memory: str) -> dict:
+    """infra/peers/spark_silver.py on the lake's pristine tables while /proc is sampled (the driver's
+    python and its JVM); start-up (launch → session ready) is reported apart from the job."""
+    import silver_promotion as sp
+    from private_lake import file_lake
+    from tasks.catalog import open_catalog
+    from tasks.tables import BRONZE_CONVERSION_EVENTS_RAW, SILVER_CONVERSION_EVENTS_REJECTED, SILVER_FACT_CONVERSIONS
+
+    sp.reset(lake)
+    settings = file_lake(lake)
+    catalog = open_catalog(settings, "silver")
+    stamp = time.time_ns()
+    spec = {"bronze_metadata": catalog.load_table(BRONZE_CONVERSION_EVENTS_RAW.identifier).metadata_location,
+            "facts_metadata": catalog.load_table(SILVER_FACT_CONVERSIONS.identifier).metadata_location,
+            "rejected_metadata": catalog.load_table(SILVER_CONVERSION_EVENTS_REJECTED.identifier).metadata_location,
+            "warehouse": (workdir / f"spark-warehouse-{stamp}").as_uri(),
+            "inserted_ids": str(workdir / f"spark-inserted-ids-{stamp}"),
+            "rules": lake_rules(settings)}
+    spec_path, out = workdir / f"spark-silver-{stamp}.spec.json", workdir / f"spark-silver-{stamp}.json"
+    log = out.with_suffix(".log")
+    spec_path.write_text(json.dumps(spec))
+    command = [str(SPARK_PYTHON), str(SPARK_SILVER_JOB), "--spec", str(spec_path), "--out", str(out),
+               "--cores", str(cores), "--driver-memory", driver_memory]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_")}
+    events: dict[str, dict] = {}
+    load_before = round(os.getloadavg()[0], 2)
+    launched = time.time()
+    with open(log, "w") as logf:
+        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=logf, text=True)
+
+        def read() -> None:
+            for line in process.stdout:
+                try:
+                    event = json.loads(line)
+                    events[event["event"]] = event
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        with sp.Sampler(process.pid, interval) as sampler:
+            _, status, _ = os.wait4(process.pid, 0)  # no CPU figure: the JVM is not a child it reaps
+            process.returncode = rc = os.waitstatus_to_exitcode(status)
+        reader.join(timeout=10)
+    ended = time.time()
+    if rc != 0 or not out.exists():
+        print(f"  !! Spark silver failed (rc {rc}); log {log}:\n{log.read_text()[-3000:]}", flush=True)
+        return {"failed": True, "rc": rc, "log": str(log)}
+    result = json.loads(out.read_text())
+    ready, done = events["session_ready"]["at"], events["done"]["at"]
+    records = result["counts"]["bronze_records"]
+    result.update({
+        "startup_s": round(ready - launched, 3),
+        "launch_to_done_s": round(done - launched, 3),
+        "process_seconds": round(ended - launched, 2),
+        "records_per_s": round(records / result["seconds"]) if result["seconds"] else None,
+        "records_per_s_with_startup": round(records / (done - launched)),
+        "memory": sampler.summary(None),
+        "load_avg_1m": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
+        "log": str(log),
+        "_inserted_ids": spec["inserted_ids"],
+    })
+    shutil.rmtree(workdir / f"spark-warehouse-{stamp}", ignore_errors=True)
+    sp.reset(lake)
+    return result
+
+
 # ---- the parts ----------------------------------------------------------------------------------------------------
 
-def part_ingest(base, lake: PeerLake, events: int, result: dict) -> None:
+def part_ingest(base, lake: PeerLake, events: int, result: dict, interval: float = 0.5) -> None:
     import ingest_rate as ours
     from private_lake import drop_topic
 
@@ -443,10 +695,12 @@ def part_ingest(base, lake: PeerLake, events: int, result: dict) -> None:
         print(f"  {result['produce']['events_per_s']:,} events/s", flush=True)
 
         print("[ours] lakehouse run ingest --until-caught-up ...", flush=True)
-        cli = ours.summarize_cli(topic_settings, ours.run_cli_ingest(topic_settings))
+        memory = TreeMemory(interval, ray=True)
+        cli = ours.summarize_cli(topic_settings, ours.run_cli_ingest(topic_settings, watcher=memory.watch))
         result["ours_ingest"] = {k: cli[k] for k in (
             "records", "batches", "launch_to_last_commit_s", "launch_to_first_flow_begin_s",
             "first_flow_begin_to_last_commit_s", "events_per_s", "events_per_s_in_flows")}
+        result["ours_ingest"]["memory"] = memory.summary()
         print(f"  ours: {cli['events_per_s']:,} events/s launch → last commit; {cli['events_per_s_in_flows']:,} "
               f"inside the flows ({cli['records']:,} in {cli['launch_to_last_commit_s']} s)", flush=True)
 
@@ -455,9 +709,10 @@ def part_ingest(base, lake: PeerLake, events: int, result: dict) -> None:
         spark = Spark(base, lake, "ingest", topic, table)
         launched = spark.start()
         try:
-            ready = spark.wait_for("session_ready", 600)["at"]
-            started = spark.wait_for("query_started", 600)["at"]
-            finished = spark.wait_for("query_finished", 3600)
+            with TreeMemory(interval, root=spark.process.pid) as memory:
+                ready = spark.wait_for("session_ready", 600)["at"]
+                started = spark.wait_for("query_started", 600)["at"]
+                finished = spark.wait_for("query_finished", 3600)
         finally:
             spark.stop()
         snaps = table_snapshots(lake.catalog, table)
@@ -471,6 +726,7 @@ def part_ingest(base, lake: PeerLake, events: int, result: dict) -> None:
             "launch_to_last_commit_s": round(last_commit - launched, 3),
             "events_per_s": round(records / (last_commit - started)) if last_commit > started else None,
             "events_per_s_with_startup": round(records / (last_commit - launched)),
+            "memory": memory.summary(),
         }
         r = result["spark_ingest"]
         print(f"  spark: start-up {r['startup_s']} s; {r['events_per_s']:,} events/s query start → last commit "
@@ -483,7 +739,8 @@ def part_ingest(base, lake: PeerLake, events: int, result: dict) -> None:
     result["_ingest_cleanup"] = (topic_settings, own)
 
 
-def part_connect(base, lake: PeerLake, topic: str, expected: int, interval_s: int, result: dict) -> None:
+def part_connect(base, lake: PeerLake, topic: str, expected: int, interval_s: int, result: dict,
+                 interval: float = 0.5) -> None:
     from private_lake import drop_topic, unique
     from tasks.kafka import ensure_topic
 
@@ -495,7 +752,8 @@ def part_connect(base, lake: PeerLake, topic: str, expected: int, interval_s: in
     print(f"[connect] commit interval {interval_s} s, draining {expected:,} events ...", flush=True)
     launched = connect.start()
     try:
-        snaps = wait_for_records(lake.catalog, table, expected, timeout=max(900, 3 * interval_s + 600))
+        with TreeMemory(interval, root=connect.process.pid) as memory:
+            snaps = wait_for_records(lake.catalog, table, expected, timeout=max(900, 3 * interval_s + 600))
         time.sleep(2)
         log = connect.log()
         started = connect.started_at()
@@ -519,6 +777,7 @@ def part_connect(base, lake: PeerLake, topic: str, expected: int, interval_s: in
         "events_per_s_with_startup": round(records / (last - launched)) if last else None,
         "events_per_s": round(records / (last - started)) if last and started else None,
         "commit_latency_s": percentiles([c["seconds"] for c in commits]),
+        "memory": memory.summary(),
         "errors": errors,
     }
     result.setdefault("connect_ingest", {})[f"{interval_s}s"] = entry
@@ -541,23 +800,71 @@ def part_fresh_spark(base, lake: PeerLake, trigger: int, rate: int, seconds: flo
     settings = private_topic(base, f"peers-fresh-spark{trigger}", partitions=PARTITIONS)
     table = lake.create_bronze(f"spark_fresh_{trigger}s")
     spark = Spark(base, lake, "stream", settings.kafka_topic, table, trigger_seconds=trigger)
+    memory = TreeMemory(0.5)
     try:
         spark.start()
-        spark.wait_for("query_started", 600)
-        time.sleep(5)
-        print(f"[spark {trigger}s trigger] {rate} events/s for {seconds:.0f} s ...", flush=True)
-        began = time.time()
-        sent = steady(settings, rate, seconds)
-        wait_for_records(lake.catalog, table, sent["events"], timeout=trigger * 2 + 120)
+        memory.root = spark.process.pid
+        with memory:
+            spark.wait_for("query_started", 600)
+            time.sleep(5)
+            print(f"[spark {trigger}s trigger] {rate} events/s for {seconds:.0f} s ...", flush=True)
+            began = time.time()
+            sent = steady(settings, rate, seconds)
+            wait_for_records(lake.catalog, table, sent["events"], timeout=trigger * 2 + 120)
     finally:
         spark.stop()
         drop_topic(base, settings.kafka_topic)
     lat = table_latencies(lake.catalog, table)
     snaps = [s for s in table_snapshots(lake.catalog, table) if s["at"] >= began]
     entry = {"trigger_s": trigger, "sent": sent, "latency_s": percentiles(lat),
-             "commits": len(snaps), "files": sum(s["added_files"] for s in snaps)}
+             "commits": len(snaps), "files": sum(s["added_files"] for s in snaps), "memory": memory.summary()}
     result.setdefault("freshness", {})[f"spark_{trigger}s"] = entry
     print(f"  spark {trigger}s: event → commit {entry['latency_s']}", flush=True)
+
+
+def part_fresh_connect(base, lake: PeerLake, interval_s: int, rate: int, seconds: float, result: dict) -> None:
+    """The Iceberg sink under the same steady traffic, once its worker has started and joined."""
+    from private_lake import drop_topic, private_topic, unique
+    from tasks.kafka import ensure_topic
+
+    settings = private_topic(base, f"peers-fresh-connect{interval_s}", partitions=PARTITIONS)
+    name = unique(f"peers-fresh-connect{interval_s}")
+    control = f"{name}-control"
+    ensure_topic(base, control, partitions=1)
+    table = lake.create_bronze(f"connect_fresh_{interval_s}s")
+    connect = Connect(base, name, settings.kafka_topic, table, control, interval_s * 1000)
+    memory = TreeMemory(0.5)
+    try:
+        connect.start()
+        memory.root = connect.process.pid
+        with memory:
+            deadline = time.monotonic() + 300
+            while connect.started_at() is None and time.monotonic() < deadline:
+                if connect.process.poll() is not None:
+                    raise RuntimeError(f"Connect exited ({connect.process.returncode}): {connect.log()[-3000:]}")
+                time.sleep(1)
+            time.sleep(max(5, interval_s))  # the tasks join and the coordinator starts its first cycle
+            print(f"[connect {interval_s}s commits] {rate} events/s for {seconds:.0f} s ...", flush=True)
+            began = time.time()
+            sent = steady(settings, rate, seconds)
+            wait_for_records(lake.catalog, table, sent["events"], timeout=interval_s * 3 + 180)
+        log = connect.log()
+    finally:
+        connect.stop()
+        try:
+            drop_topic(base, settings.kafka_topic)
+            drop_topic(base, control)
+            drop_groups_with_prefix(base, name)
+        except Exception as exc:  # noqa: BLE001
+            print(f"could not clean Connect's topics/groups: {exc}", file=sys.stderr)
+    lat = table_latencies(lake.catalog, table)
+    snaps = [s for s in table_snapshots(lake.catalog, table) if s["at"] >= began]
+    entry = {"commit_interval_s": interval_s, "sent": sent, "latency_s": percentiles(lat),
+             "commits": len(snaps), "files": sum(s["added_files"] for s in snaps),
+             "commit_latency_s": percentiles([c["seconds"] for c in connect_commits(log) if c["initiated"] >= began]),
+             "memory": memory.summary()}
+    result.setdefault("freshness", {})[f"connect_{interval_s}s"] = entry
+    print(f"  connect {interval_s}s: event → commit {entry['latency_s']}", flush=True)
 
 
 def part_fresh_ours(base, commit_seconds: int, rate: int, seconds: float, result: dict) -> None:
@@ -573,14 +880,18 @@ def part_fresh_ours(base, commit_seconds: int, rate: int, seconds: float, result
     try:
         catalog = open_catalog(settings, "admin")
         ensure_table(catalog, settings, BRONZE_CONVERSION_EVENTS_RAW)
+        memory = TreeMemory(0.5, ray=True)
         runner = Continuous(settings, commit_seconds)
-        runner.start()
-        time.sleep(30)  # as benchmarks/freshness.py: steady state, not start-up
-        print(f"[ours continuous {commit_seconds}s] {rate} events/s for {seconds:.0f} s ...", flush=True)
-        began = time.time()
-        sent = steady(settings, rate, seconds)
-        wait_for_records(catalog, BRONZE_CONVERSION_EVENTS_RAW.identifier, sent["events"],
-                         timeout=commit_seconds * 2 + 120)
+        with memory:  # the first sample, before the start, marks the Ray jobs already there
+            time.sleep(1.5)
+            runner.start()
+            memory.root = runner.process.pid
+            time.sleep(30)  # as benchmarks/freshness.py: steady state, not start-up
+            print(f"[ours continuous {commit_seconds}s] {rate} events/s for {seconds:.0f} s ...", flush=True)
+            began = time.time()
+            sent = steady(settings, rate, seconds)
+            wait_for_records(catalog, BRONZE_CONVERSION_EVENTS_RAW.identifier, sent["events"],
+                             timeout=commit_seconds * 2 + 120)
         runner.stop()
         runner = None
         lat = table_latencies(catalog, BRONZE_CONVERSION_EVENTS_RAW.identifier)
@@ -591,10 +902,81 @@ def part_fresh_ours(base, commit_seconds: int, rate: int, seconds: float, result
         drop_topic(settings, settings.kafka_topic)
         own.drop()
     entry = {"commit_seconds": commit_seconds, "sent": sent, "latency_s": percentiles(lat),
-             "commits": len(snaps), "files": sum(s["added_files"] for s in snaps),
-             "note": "serve-continuous also promotes silver and gold in the same window"}
+             "commits": len(snaps), "files": sum(s["added_files"] for s in snaps), "memory": memory.summary(),
+             "note": "serve-continuous also promotes silver and gold in the same window (in its memory too)"}
     result.setdefault("freshness", {})[f"ours_{commit_seconds}s"] = entry
     print(f"  ours {commit_seconds}s: event → commit {entry['latency_s']}", flush=True)
+
+
+def ours_inserted_ids(lake: Path) -> set[str]:
+    """Event ids the promotion added to the lake's silver facts (history rows carry no bronze snapshot)."""
+    from pyiceberg.expressions import NotNull
+
+    from private_lake import file_lake
+    from tasks.catalog import open_catalog
+    from tasks.tables import SILVER_FACT_CONVERSIONS
+
+    table = open_catalog(file_lake(lake), "silver").load_table(SILVER_FACT_CONVERSIONS.identifier)
+    rows = table.scan(row_filter=NotNull("bronze_snapshot_id"), selected_fields=("event_id",)).to_arrow()
+    return set(rows.column("event_id").to_pylist())
+
+
+def part_silver(base, args, result: dict) -> None:
+    """Our silver_flow and Spark's SQL promote the same bronze into the same silver history."""
+    import pyarrow.parquet as pq
+
+    import silver_promotion as sp
+    from infra.services import prefect_env
+
+    # the flow's child process reaches the stack's Prefect server with its credentials (environment only)
+    os.environ.update({k: v for k, v in prefect_env(base).items() if k == "PREFECT_API_AUTH_STRING"})
+
+    workdir = Path(args.silver_workdir)
+    lake, setup = silver_setup(workdir, args.silver_history, args.silver_events, args.silver_days, args.silver_seed)
+    events = setup["lake"]["bronze_records"]
+    entry: dict = {
+        "events": events, "history_records": setup["lake"]["history_records"],
+        "history_facts": setup["lake"]["silver_facts"], "new_batch_kinds": setup["new_batch_kinds"],
+        "storage": "one private file lakehouse for both (SQLite catalog, local file warehouse; "
+                   "silver_promotion.py's setup), restored before each run; not the stack's REST catalog on S3",
+        "ours": {},
+    }
+    ours_ids: set[str] = set()
+    ours_report: dict = {}
+    for runner in [r for r in args.silver_runners.split(",") if r]:
+        sp.reset(lake)
+        print(f"[ours silver, {runner}] promoting {events:,} records into {entry['history_facts']:,} facts ...", flush=True)
+        run = sp.run_measured("_promote", ["--lake", str(lake), "--runner", runner], workdir, args.interval,
+                              script=sp.__file__)
+        summary = sp.promotion_summary(run, events)
+        if not run.get("failed"):
+            summary["startup_s (imports, before the flow)"] = run.get("startup_seconds")
+            ours_ids = ours_inserted_ids(lake)
+            ours_report = run["report"]
+            summary["inserted_distinct_event_ids"] = len(ours_ids)
+            m = summary["memory"]
+            print(f"  flow {summary['flow_seconds']} s ({summary['records_per_s']:,} records/s), process "
+                  f"{summary['process_seconds']} s; peak RSS process+workers "
+                  f"{m['peak_process_plus_workers_mb (same instant)']} MB; facts {run['report'].get('facts')}, "
+                  f"rejected {run['report'].get('rejected')}", flush=True)
+        entry["ours"][runner] = summary
+        sp.reset(lake)
+    print(f"[spark silver] the same promotion in Spark SQL (local[{args.spark_cores}], "
+          f"driver {args.spark_driver_memory}) ...", flush=True)
+    spark = run_spark_silver(lake, workdir, args.interval, args.spark_cores, args.spark_driver_memory)
+    if not spark.get("failed"):
+        ids_path = spark.pop("_inserted_ids")
+        spark_ids = set(pq.read_table(ids_path).column("event_id").to_pylist())
+        shutil.rmtree(ids_path, ignore_errors=True)
+        print(f"  start-up {spark['startup_s']} s; job {spark['seconds']} s ({spark['records_per_s']:,} records/s); "
+              f"phases {spark['phases']}; peak RSS {spark['memory']['process_peak_rss_mb']} MB; "
+              f"counts {spark['counts']}", flush=True)
+        if ours_report:
+            entry["compare"] = compare_outputs(ours_report, {**spark["counts"], "reasons": spark["reasons"]},
+                                               ours_ids, spark_ids)
+            print(f"  outputs: {entry['compare']}", flush=True)
+    entry["spark"] = spark
+    result["silver"] = entry
 
 
 def summarize(result: dict) -> dict:
@@ -609,21 +991,43 @@ def summarize(result: dict) -> dict:
             out[f"ingest_rate_vs_connect_{key}"] = ratio(ours["events_per_s_in_flows"], entry["events_per_s"])
             out[f"ingest_rate_with_startup_vs_connect_{key}"] = ratio(ours["events_per_s"],
                                                                        entry["events_per_s_with_startup"])
+    silver = result.get("silver") or {}
+    spark_silver = silver.get("spark") or {}
+    for runner, run in (silver.get("ours") or {}).items():
+        if run.get("failed") or spark_silver.get("failed") or not spark_silver:
+            continue
+        out[f"silver_rate_vs_spark_{runner}"] = ratio(run["records_per_s"], spark_silver["records_per_s"])
+        out[f"silver_rate_with_startup_vs_spark_{runner}"] = ratio(
+            silver["events"] / run["process_seconds"], spark_silver["records_per_s_with_startup"])
+        out[f"silver_peak_memory_vs_spark_{runner}"] = ratio(
+            run["memory"]["peak_process_plus_workers_mb (same instant)"],
+            spark_silver["memory"]["process_peak_rss_mb"], False)
     fresh = result.get("freshness") or {}
     for trigger in (10, 60):
         o, s = fresh.get(f"ours_{trigger}s"), fresh.get(f"spark_{trigger}s")
         if o and s:
             out[f"freshness_p50_vs_spark_{trigger}s"] = ratio(o["latency_s"]["p50"], s["latency_s"]["p50"], False)
             out[f"freshness_p95_vs_spark_{trigger}s"] = ratio(o["latency_s"]["p95"], s["latency_s"]["p95"], False)
+        c = fresh.get(f"connect_{trigger}s")
+        if o and c:
+            out[f"freshness_p50_vs_connect_{trigger}s"] = ratio(o["latency_s"]["p50"], c["latency_s"]["p50"], False)
+            out[f"freshness_p95_vs_connect_{trigger}s"] = ratio(o["latency_s"]["p95"], c["latency_s"]["p95"], False)
+    peak = "peak_tree_plus_workers_mb (same instant)"
+    ours_mem = (ours or {}).get("memory", {}).get(peak)
+    if ours_mem and (spark or {}).get("memory"):
+        out["ingest_peak_memory_vs_spark"] = ratio(ours_mem, spark["memory"][peak], False)
+    for key, entry in (result.get("connect_ingest") or {}).items():
+        if ours_mem and entry.get("memory"):
+            out[f"ingest_peak_memory_vs_connect_{key}"] = ratio(ours_mem, entry["memory"][peak], False)
     return out
 
 
-def write(result: dict) -> None:
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
+def write(result: dict, target: Path = RESULT) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
     clean = {k: v for k, v in result.items() if not k.startswith("_")}
     clean["ratios"] = summarize(result)
-    RESULT.write_text(json.dumps(clean, indent=2, default=str) + "\n")
-    print(f"wrote {RESULT.relative_to(ROOT)}", flush=True)
+    target.write_text(json.dumps(clean, indent=2, default=str) + "\n")
+    print(f"wrote {target}", flush=True)
 
 
 def main() -> None:
@@ -634,6 +1038,18 @@ def main() -> None:
     parser.add_argument("--fresh-rate", type=int, default=500)
     parser.add_argument("--fresh-seconds", type=float, default=90)
     parser.add_argument("--fresh-triggers", default="10,60")
+    parser.add_argument("--fresh-connect-intervals", default="10", help="freshness: Connect commit intervals, s")
+    parser.add_argument("--fresh-systems", default="spark,ours,connect", help="freshness: which systems to run")
+    parser.add_argument("--silver-events", type=int, default=1_000_000, help="silver: new bronze records")
+    parser.add_argument("--silver-history", type=int, default=5_000_000, help="silver: records behind the history")
+    parser.add_argument("--silver-days", type=int, default=30)
+    parser.add_argument("--silver-seed", type=int, default=11)
+    parser.add_argument("--silver-workdir", default="/tmp/bench-peers-silver", help="silver: cached input lakehouse")
+    parser.add_argument("--silver-runners", default="ray-cold,ray", help="silver: our runners (silver_promotion.py's)")
+    parser.add_argument("--spark-cores", type=int, default=2)
+    parser.add_argument("--spark-driver-memory", default="4g")
+    parser.add_argument("--interval", type=float, default=0.5, help="/proc sampling period, seconds")
+    parser.add_argument("--result", default=str(RESULT), help="the JSON to write (a smoke run: elsewhere)")
     parser.add_argument("--merge", action="store_true", help="keep the parts of an earlier peers.json not rerun")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))  # clean up on kill
@@ -647,7 +1063,9 @@ def main() -> None:
     base = load_settings().without_role_credentials()  # bench buckets: the single admin pair, as PrivateLake
     clear_lakehouse_env()
     parts = set(args.parts.split(","))
-    result: dict = json.loads(RESULT.read_text()) if args.merge and RESULT.exists() else {}
+    fresh_systems = set(args.fresh_systems.split(","))
+    target = Path(args.result)
+    result: dict = json.loads(target.read_text()) if args.merge and target.exists() else {}
     result.pop("ratios", None)
     result.update({"benchmark": "peers", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    "targets": TARGETS,
@@ -660,20 +1078,29 @@ def main() -> None:
     lake = PeerLake(base)
     try:
         if parts & {"ingest", "connect"}:
-            part_ingest(base, lake, args.events, result)
-            write(result)
+            part_ingest(base, lake, args.events, result, args.interval)
+            write(result, target)
         if "connect" in parts:
             topic = result["ingest_topic"]
             expected = sum(result["produce"]["per_partition"].values())
             for interval in [int(x) for x in args.connect_intervals.split(",") if x]:
-                part_connect(base, lake, topic, expected, interval, result)
-                write(result)
+                part_connect(base, lake, topic, expected, interval, result, args.interval)
+                write(result, target)
+        if "silver" in parts:
+            part_silver(base, args, result)
+            write(result, target)
         if "freshness" in parts:
             for trigger in [int(x) for x in args.fresh_triggers.split(",") if x]:
-                part_fresh_spark(base, lake, trigger, args.fresh_rate, args.fresh_seconds, result)
-                write(result)
-                part_fresh_ours(base, trigger, args.fresh_rate, args.fresh_seconds, result)
-                write(result)
+                if "spark" in fresh_systems:
+                    part_fresh_spark(base, lake, trigger, args.fresh_rate, args.fresh_seconds, result)
+                    write(result, target)
+                if "ours" in fresh_systems:
+                    part_fresh_ours(base, trigger, args.fresh_rate, args.fresh_seconds, result)
+                    write(result, target)
+            for interval in [int(x) for x in args.fresh_connect_intervals.split(",") if x]:
+                if "connect" in fresh_systems:
+                    part_fresh_connect(base, lake, interval, args.fresh_rate, args.fresh_seconds, result)
+                    write(result, target)
     finally:
         cleanup = result.pop("_ingest_cleanup", None)
         if cleanup is not None:
@@ -681,7 +1108,7 @@ def main() -> None:
             drop_topic(settings, settings.kafka_topic)
             own.drop()
         lake.drop()
-    write(result)
+    write(result, target)
 
 
 if __name__ == "__main__":

@@ -314,7 +314,9 @@ class Sampler(PeriodicSampler):
         workers: dict[str, list[int]] = {}
         hosts: set[str] = set()
         for pid, (ppid, cmd) in procs.items():
-            if ppid in raylets and cmd.startswith("ray::") and "Agent" not in cmd:
+            # a worker is the raylet's child, or its grandchild under the runtime env's `uv run` wrapper
+            under_raylet = ppid in raylets or procs.get(ppid, (None, ""))[0] in raylets
+            if under_raylet and cmd.startswith("ray::") and "Agent" not in cmd:
                 if pid not in self.jobs:
                     self.jobs[pid] = _job_of(pid)
                 if self.jobs[pid] and (st := _status(pid)) is not None:

@@ -20,64 +20,19 @@ every ``interval`` seconds while a child process runs:
 
 from __future__ import annotations
 
-import os
-import re
 import threading
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from sampling import PeriodicSampler
-
-KB = 1024
-RAYLET_NODE = re.compile(r"--node_id=([0-9a-f]+)")
+from sampling import PeriodicSampler, job_of, process_tree, ray_workers, read_processes, read_status
 
 
 def mb(n: float | None) -> float | None:
     return None if n is None else round(n / 1024**2, 1)
 
 
-# ---- pure: the process table ---------------------------------------------------------------------
-
-def process_tree(root: int, procs: dict[int, tuple[int, str]]) -> list[int]:
-    """``root`` and all its descendants present in ``procs`` (pid -> (ppid, cmdline))."""
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in procs.items():
-        children.setdefault(ppid, []).append(pid)
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        if pid in procs:
-            tree.append(pid)
-            todo.extend(children.get(pid, []))
-    return tree
-
-
-def _is_worker(cmd: str) -> bool:
-    if "Agent" in cmd or "/agent.py" in cmd or "dashboard" in cmd:
-        return False
-    first = cmd.split(" ", 1)[0]
-    if os.path.basename(first) == "uv":
-        return False
-    return cmd.startswith("ray::") or "default_worker.py" in cmd
-
-
-def ray_workers(procs: dict[int, tuple[int, str]]) -> dict[int, str]:
-    """Ray worker pids -> the node id of the raylet they descend from."""
-    raylets = {pid: m.group(1) for pid, (_, cmd) in procs.items()
-               if "raylet" in cmd.split(" ", 1)[0] and (m := RAYLET_NODE.search(cmd))}
-    out = {}
-    for pid, (ppid, cmd) in procs.items():
-        if pid in raylets or not _is_worker(cmd):
-            continue
-        seen, up = set(), ppid
-        while up in procs and up not in raylets and up not in seen:
-            seen.add(up)
-            up = procs[up][0]
-        if up in raylets:
-            out[pid] = raylets[up]
-    return out
-
+# ---- pure: peaks per component ----------------------------------------------------------------------
 
 def summarize(samples: list[dict], job: str | None, names: dict[str, str]) -> dict:
     """Peaks per component over ``samples`` (see ``ComponentSampler.sample``), counting the Ray
@@ -172,45 +127,6 @@ def stream_chunks(path: Path, size: int) -> Iterator:
 
 # ---- sampling ---------------------------------------------------------------------------------------
 
-def _procs() -> dict[int, tuple[int, str]]:
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                out[int(entry)] = (ppid, f.read().replace(b"\0", b" ").decode(errors="replace").strip())
-        except (OSError, IndexError, ValueError):
-            continue
-    return out
-
-
-def _status(pid: int) -> dict[str, int]:
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "RssAnon"):
-                    out[key] = int(rest.split()[0]) * KB
-    except OSError:
-        pass
-    return out
-
-
-def _job_of(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            for item in f.read().split(b"\0"):
-                if item.startswith(b"RAY_JOB_ID="):
-                    return item.split(b"=", 1)[1].decode()
-    except OSError:
-        pass
-    return None
-
-
 def store_used_by_node() -> dict[str, int]:
     """Object store bytes used on each alive node (this process must be connected to Ray)."""
     import ray
@@ -262,17 +178,17 @@ class ComponentSampler(PeriodicSampler):
             self._poll_store_once()
 
     def sample(self) -> None:
-        procs = _procs()
+        procs = read_processes()
         driver_rss = driver_anon = 0
         for pid in process_tree(self.root, procs):
-            st = _status(pid)
+            st = read_status(pid) or {}
             driver_rss += st.get("VmRSS", 0)
             driver_anon += st.get("RssAnon", 0)
         workers: dict[str, dict[str | None, list[int]]] = {}
         for pid, node in ray_workers(procs).items():
             if pid not in self.jobs or self.jobs[pid] is None:
-                self.jobs[pid] = _job_of(pid)
-            anon = _status(pid).get("RssAnon", 0)
+                self.jobs[pid] = job_of(pid)
+            anon = (read_status(pid) or {}).get("RssAnon", 0)
             acc = workers.setdefault(node, {}).setdefault(self.jobs[pid], [0, 0, 0])
             acc[0] += anon
             acc[1] = max(acc[1], anon)

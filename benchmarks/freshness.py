@@ -43,6 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.private_lake import PrivateLake, child_env, cli_command, drop_topic, private_topic  # noqa: E402
+from benchmarks.sampling import process_tree, read_processes, read_stat  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "freshness.json"
 TARGETS = {"p50_s": 10.0, "p95_s": 20.0, "events_per_s": 1000}
@@ -124,25 +125,10 @@ def _cpu_jiffies_busy_total() -> tuple[int, int]:
 
 def _tree_cpu_seconds(root_pid: int) -> float:
     """utime+stime of ``root_pid`` and its live descendants, plus what their reaped children used."""
-    children: dict[int, list[int]] = {}
-    stats: dict[int, list[str]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue
-        rest = text[text.rindex(")") + 2:].split()
-        stats[int(entry.name)] = rest
-        children.setdefault(int(rest[1]), []).append(int(entry.name))
-    total, todo = 0, [root_pid]
-    while todo:
-        pid = todo.pop()
-        rest = stats.get(pid)
-        if rest is not None:
-            total += sum(int(x) for x in rest[11:15])  # utime, stime, cutime, cstime
-        todo.extend(children.get(pid, []))
+    total = 0
+    for pid in process_tree(root_pid, read_processes()):
+        if (stat := read_stat(pid)) is not None:
+            total += sum(int(x) for x in stat[11:15])  # utime, stime, cutime, cstime
     return total / TICK
 
 

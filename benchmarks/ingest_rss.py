@@ -38,48 +38,12 @@ from ingest_rate import (  # noqa: E402
     PARTITIONS, ROOT, drop_topic, machine, new_topic, parse_phases, private_lake, produce_backlog,
     run_cli_ingest, summarize_cli, write_result,
 )
+from sampling import job_of, process_tree, ray_workers, read_processes, read_status  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "ingest_rss.json"
 TARGET_BYTES = 1.5 * 1024**3
 KB = 1024
 WRITERS = "bronze-writer actors"
-
-
-def _status(pid: int) -> dict[str, int] | None:
-    """VmRSS, VmHWM, RssAnon, RssFile, RssShmem of a process, in bytes (None once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            out = {}
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
-                    out[key] = int(rest.split()[0]) * KB
-            return out
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-
-
-def _ppid_and_cmd(pid: int) -> tuple[int, str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        return ppid, cmd
-    except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError, ValueError):
-        return None
-
-
-def _job_id(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            for item in f.read().split(b"\0"):
-                if item.startswith(b"RAY_JOB_ID="):
-                    return item.split(b"=", 1)[1].decode()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        pass
-    return None
 
 
 class Sampler:
@@ -101,24 +65,11 @@ class Sampler:
 
     def sample(self, root_pid: int) -> None:
         now = time.time()
-        procs = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                info = _ppid_and_cmd(int(entry))
-                if info is not None:
-                    procs[int(entry)] = info
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _cmd) in procs.items():
-            children.setdefault(ppid, []).append(pid)
-        tree, todo = [], [root_pid]
-        while todo:
-            pid = todo.pop()
-            if pid in procs:
-                tree.append(pid)
-                todo.extend(children.get(pid, []))
+        procs = read_processes()
+        tree = process_tree(root_pid, procs)
         rss = anon = shmem = 0
         for pid in tree:
-            st = _status(pid)
+            st = read_status(pid)
             if st is None:
                 continue
             rss += st.get("VmRSS", 0)
@@ -132,13 +83,12 @@ class Sampler:
 
         raylets = [pid for pid, (_p, cmd) in procs.items() if "/raylet/raylet " in cmd]
         per_job: dict[str, int] = {}
-        for pid, (ppid, cmd) in procs.items():
-            if ppid not in raylets or not cmd.startswith("ray::") or "Agent" in cmd:
-                continue
-            st = _status(pid)
+        for pid in ray_workers(procs):
+            cmd = procs[pid][1]
+            st = read_status(pid)
             if st is None:
                 continue
-            w = self.workers.setdefault(pid, {"job": _job_id(pid), "titles": set(), "peak_rss": 0,
+            w = self.workers.setdefault(pid, {"job": job_of(pid), "titles": set(), "peak_rss": 0,
                                               "peak_anon": 0, "shmem_at_peak": 0})
             w["titles"].add(cmd.split()[0])
             if st.get("VmRSS", 0) > w["peak_rss"]:
@@ -147,7 +97,7 @@ class Sampler:
             if key:
                 per_job[key] = per_job.get(key, 0) + st.get("VmRSS", 0)
         for pid in raylets:
-            st = _status(pid)
+            st = read_status(pid)
             if st:
                 self.raylet_peak = max(self.raylet_peak, st.get("VmRSS", 0))
         try:

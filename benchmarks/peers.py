@@ -68,7 +68,7 @@ for p in (str(ROOT), str(BENCH)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from sampling import PeriodicSampler  # noqa: E402
+from sampling import PeriodicSampler, job_of, process_tree, ray_workers, read_processes, read_status  # noqa: E402
 os.environ.setdefault("LAKEHOUSE_CONFIG", str(ROOT / "infra" / "stack.toml"))
 
 RESULT = BENCH / "results" / "peers.json"
@@ -216,23 +216,8 @@ def memory_peaks(samples: list[dict], counted: set[str] | None = None) -> dict:
             "samples": len(samples)}
 
 
-def is_ray_worker(ppid: int, cmd: str, procs: dict[int, tuple[int, str]], raylets: set[int]) -> bool:
-    """A Ray worker (``ray::`` title, not an agent) is the raylet's child, or its grandchild under
-    the runtime env's ``uv run`` wrapper; ``procs`` maps pid → (ppid, command line)."""
-    if not cmd.startswith("ray::") or "Agent" in cmd:
-        return False
-    return ppid in raylets or procs.get(ppid, (None, ""))[0] in raylets
-
-
 def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        pass
-    return 0
+    return (read_status(pid) or {}).get("VmRSS", 0)
 
 
 class TreeMemory(PeriodicSampler):
@@ -256,31 +241,17 @@ class TreeMemory(PeriodicSampler):
             stop.wait(self.interval)
 
     def sample(self) -> None:
-        import silver_promotion as sp
-
-        procs = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and (info := sp._stat(int(entry))) is not None:
-                procs[int(entry)] = info
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _) in procs.items():
-            children.setdefault(ppid, []).append(pid)
-        tree, todo = 0, [self.root] if self.root is not None else []
-        while todo:
-            pid = todo.pop()
-            if pid in procs:
-                tree += _rss(pid)
-                todo.extend(children.get(pid, []))
+        procs = read_processes()
+        tree = sum(_rss(pid) for pid in process_tree(self.root, procs)) if self.root is not None else 0
         workers: dict[str, int] = {}
         if self.ray:
-            raylets = {pid for pid, (_, cmd) in procs.items() if "/raylet/raylet " in cmd}
-            for pid, (ppid, cmd) in procs.items():
-                if is_ray_worker(ppid, cmd, procs, raylets):
-                    if pid not in self.jobs:
-                        self.jobs[pid] = sp._job_of(pid)
-                    key = self.WRITERS if "BronzeWriter" in cmd else self.jobs[pid]
-                    if key:
-                        workers[key] = workers.get(key, 0) + _rss(pid)
+            for pid in ray_workers(procs):
+                cmd = procs[pid][1]
+                if pid not in self.jobs:
+                    self.jobs[pid] = job_of(pid)
+                key = self.WRITERS if "BronzeWriter" in cmd else self.jobs[pid]
+                if key:
+                    workers[key] = workers.get(key, 0) + _rss(pid)
             if self.existing_jobs is None:
                 self.existing_jobs = set(workers) - {self.WRITERS}
         if self.root is not None:  # before the root starts: only the Ray jobs already there are noted

@@ -58,7 +58,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from private_lake import file_lake, isolate_prefect  # noqa: E402
-from sampling import PeriodicSampler  # noqa: E402
+from sampling import PeriodicSampler, job_of, process_tree, ray_workers, read_processes, read_status  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "silver_promotion.json"
@@ -69,7 +69,6 @@ HISTORY_COMMITS = 5
 UPSTREAM_MINUTES_PER_MILLION = 17  # pyiceberg upsert, as reported upstream
 TARGET_VS_DUCKDB = 2.0
 TARGET_VS_UPSERT = 30.0
-KB = 1024
 
 
 # ---- child processes ----------------------------------------------------------------------------
@@ -246,40 +245,6 @@ def reset(lake: Path) -> None:
 
 # ---- sampling /proc -------------------------------------------------------------------------------------
 
-def _status(pid: int) -> dict[str, int] | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            out = {}
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM", "RssAnon", "RssShmem"):
-                    out[key] = int(rest.split()[0]) * KB
-            return out
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-
-
-def _stat(pid: int) -> tuple[int, str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return ppid, f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError, ValueError):
-        return None
-
-
-def _job_of(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            for item in f.read().split(b"\0"):
-                if item.startswith(b"RAY_JOB_ID="):
-                    return item.split(b"=", 1)[1].decode()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        pass
-    return None
-
-
 class Sampler(PeriodicSampler):
     """RSS of a process tree and of the Ray workers of each Ray job, every ``interval`` seconds."""
 
@@ -291,41 +256,26 @@ class Sampler(PeriodicSampler):
         self.jobs: dict[int, str | None] = {}
 
     def sample(self) -> None:
-        procs = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and (info := _stat(int(entry))) is not None:
-                procs[int(entry)] = info
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _) in procs.items():
-            children.setdefault(ppid, []).append(pid)
-        tree, todo = [], [self.root]
-        while todo:
-            pid = todo.pop()
-            if pid in procs:
-                tree.append(pid)
-                todo.extend(children.get(pid, []))
+        procs = read_processes()
         rss = anon = shmem = 0
-        for pid in tree:
-            if (st := _status(pid)) is not None:
+        for pid in process_tree(self.root, procs):
+            if (st := read_status(pid)) is not None:
                 rss, anon, shmem = rss + st.get("VmRSS", 0), anon + st.get("RssAnon", 0), shmem + st.get("RssShmem", 0)
                 if pid == self.root:
                     self.hwm = max(self.hwm, st.get("VmHWM", 0))
-        raylets = {pid for pid, (_, cmd) in procs.items() if "/raylet/raylet " in cmd}
         workers: dict[str, list[int]] = {}
         hosts: set[str] = set()
-        for pid, (ppid, cmd) in procs.items():
-            # a worker is the raylet's child, or its grandchild under the runtime env's `uv run` wrapper
-            under_raylet = ppid in raylets or procs.get(ppid, (None, ""))[0] in raylets
-            if under_raylet and cmd.startswith("ray::") and "Agent" not in cmd:
-                if pid not in self.jobs:
-                    self.jobs[pid] = _job_of(pid)
-                if self.jobs[pid] and (st := _status(pid)) is not None:
-                    acc = workers.setdefault(self.jobs[pid], [0, 0, 0])
-                    acc[0] += st.get("VmRSS", 0)
-                    acc[1] += st.get("RssAnon", 0)
-                    acc[2] += 1
-                    if "DaftHost" in cmd:  # the warm Daft host and its Daft actors: another job
-                        hosts.add(self.jobs[pid])
+        for pid in ray_workers(procs):
+            cmd = procs[pid][1]
+            if pid not in self.jobs:
+                self.jobs[pid] = job_of(pid)
+            if self.jobs[pid] and (st := read_status(pid)) is not None:
+                acc = workers.setdefault(self.jobs[pid], [0, 0, 0])
+                acc[0] += st.get("VmRSS", 0)
+                acc[1] += st.get("RssAnon", 0)
+                acc[2] += 1
+                if "DaftHost" in cmd:  # the warm Daft host and its Daft actors: another job
+                    hosts.add(self.jobs[pid])
         self.samples.append({"t": time.time(), "rss": rss, "anon": anon, "shmem": shmem, "workers": workers,
                              "hosts": sorted(hosts)})
 

@@ -1,10 +1,13 @@
 """The pure parts of the scaling and backlog benchmarks (benchmarks/component_memory.py,
-benchmarks/scaling.py): which processes are a node's Ray workers, peaks per component, result
+benchmarks/scaling.py) and the /proc readers every benchmark shares (benchmarks/sampling.py): which processes are a node's Ray workers, peaks per component, result
 files keyed by size, re-chunking a stream, and the order-free table digest. No Ray, no services."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,7 +15,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from component_memory import merge_size, process_tree, ray_workers, rechunk, summarize  # noqa: E402
+from component_memory import merge_size, rechunk, summarize  # noqa: E402
+from sampling import job_of, process_tree, ray_workers, read_processes, read_status  # noqa: E402
 
 MB = 1024**2
 
@@ -33,6 +37,8 @@ PROCS = {
     13: (10, "ray::IDLE"),  # started directly by the raylet
     14: (10, "/venv/bin/python -u /venv/ray/dashboard/agent.py --node-id=aaaa"),  # an agent, not a worker
     15: (10, "/venv/bin/python -m ray._private.runtime_env.agent.main"),
+    16: (11, "python not-a-worker"),  # under the uv wrapper, but not a worker
+    17: (10, "ray::DashboardAgent"),
     20: (1, "/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet --node_id=bbbb"),
     21: (20, "ray::RaySwordfishActor.run"),
     30: (1, "ray::Orphan"),  # titled like a worker, but under no raylet
@@ -49,6 +55,28 @@ def test_workers_are_titled_processes_under_a_raylet_even_through_uv():
 def test_process_tree_is_the_root_and_all_its_descendants():
     assert sorted(process_tree(40, PROCS)) == [40, 41, 42]
     assert process_tree(99, PROCS) == []
+
+
+def test_the_proc_readers_see_a_real_child_its_memory_and_its_ray_job():
+    child = subprocess.Popen(["sleep", "30"], env={**os.environ, "RAY_JOB_ID": "0a000000"})
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and read_processes().get(child.pid, (0, ""))[1] != "sleep 30":
+            time.sleep(0.05)  # between fork and exec the child is still a copy of this process
+        procs = read_processes()
+        assert procs[child.pid] == (os.getpid(), "sleep 30")
+        assert child.pid in process_tree(os.getpid(), procs)
+        assert job_of(child.pid) == "0a000000" and job_of(os.getpid()) is None
+        status = read_status(child.pid)
+        for line in Path(f"/proc/{child.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                assert status["VmHWM"] == int(line.split()[1]) * 1024  # the high-water mark does not move
+        assert 0 < status["VmRSS"] <= status["VmHWM"]
+        assert set(status) == {"VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"}
+    finally:
+        child.kill()
+        child.wait()
+    assert read_status(child.pid) is None and child.pid not in read_processes()
 
 
 def sample(driver_rss, driver_anon, workers, store):

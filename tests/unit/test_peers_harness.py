@@ -20,7 +20,6 @@ from peers import (  # noqa: E402
     compare_outputs,
     connect_commits,
     connector_properties,
-    is_ray_worker,
     memory_peaks,
     percentiles,
     ratio,
@@ -155,10 +154,3 @@ def test_silver_rules_carry_the_numerals_in_order_and_refuse_a_short_list():
     with pytest.raises(ValueError, match="numerals"):
         silver_rules(1024, numerals[:-1], (), (), (), ())
 
-
-def test_ray_workers_are_found_under_the_raylet_and_under_its_uv_wrapper():
-    procs = {1: (0, "raylet"), 2: (1, "uv run python default_worker.py"), 3: (2, "ray::DaftHost.keep"),
-             4: (1, "ray::DashboardAgent"), 5: (99, "ray::Elsewhere"), 6: (1, "ray::IDLE"),
-             7: (2, "python not-a-worker")}
-    found = {pid for pid, (ppid, cmd) in procs.items() if is_ray_worker(ppid, cmd, procs, {1})}
-    assert found == {3, 6}

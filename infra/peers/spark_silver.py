@@ -29,8 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-JARS = ROOT / ".lakehouse" / "peers" / "jars" / "spark"
+from spark_job import local_session, say
+
 PATHS = ("event_id", "event_type", "schema_version", "occurred_at", "user_id", "user_plan", "user_country",
          "direction", "input", "output", "success", "error_code", "latency_ms", "endpoint", "http_status",
          "client", "region", "cache_hit")
@@ -43,29 +43,12 @@ INTEGER = ("BIGINT",)
 NUMBER = ("BIGINT", "DOUBLE", "DECIMAL%")
 
 
-def say(event: str, **extra) -> None:
-    print(json.dumps({"event": event, "at": time.time(), **extra}), flush=True)
-
-
 def session(args):
-    from pyspark.sql import SparkSession
-
-    jars = ",".join(str(p) for p in sorted(JARS.glob("iceberg-*.jar")))
-    c = "spark.sql.catalog.peers"
-    return (
-        SparkSession.builder.master(f"local[{args.cores}]").appName("lakehouse-peer-spark-silver")
-        .config("spark.jars", jars)
-        .config("spark.driver.memory", args.driver_memory)
-        .config("spark.sql.shuffle.partitions", str(args.cores))
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.iceberg.check-nullability", "false")  # event_id is required; rejected rows never reach facts
-        .config("spark.sql.extensions", "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions")
-        .config(c, "org.apache.iceberg.spark.SparkCatalog")
-        .config(f"{c}.type", "hadoop")
-        .config(f"{c}.warehouse", args.warehouse)
-        .getOrCreate()
-    )
+    """The local session on the job's own Hadoop catalog (``--warehouse``)."""
+    return local_session("lakehouse-peer-spark-silver", args.cores, args.driver_memory, "iceberg-*.jar",
+                         {"type": "hadoop", "warehouse": args.warehouse},
+                         # event_id is required; rejected rows never reach facts
+                         {"spark.sql.iceberg.check-nullability": "false"})
 
 
 def typed_sql(rules: dict) -> str:
@@ -225,7 +208,6 @@ def main() -> None:
 
     say("launched")
     spark = session(args)
-    spark.sparkContext.setLogLevel("WARN")
     spark.sql("SELECT 1").collect()
     say("session_ready")
 

@@ -15,51 +15,30 @@ Prints one JSON line per milestone (``{"event": ..., "at": epoch seconds}``) on 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import tempfile
 import threading
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-JARS = ROOT / ".lakehouse" / "peers" / "jars" / "spark"
-
-
-def say(event: str, **extra) -> None:
-    print(json.dumps({"event": event, "at": time.time(), **extra}), flush=True)
+from spark_job import local_session, say
 
 
 def session(args):
-    from pyspark.sql import SparkSession
-
-    jars = ",".join(str(p) for p in sorted(JARS.glob("*.jar")))
-    c = "spark.sql.catalog.peers"
-    builder = (
-        SparkSession.builder.master(f"local[{args.cores}]").appName("lakehouse-peer-spark")
-        .config("spark.jars", jars)
-        .config("spark.driver.memory", args.driver_memory)
-        .config("spark.sql.shuffle.partitions", str(args.cores))
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.extensions", "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions")
-        .config(c, "org.apache.iceberg.spark.SparkCatalog")
-        .config(f"{c}.type", "rest")
-        .config(f"{c}.uri", args.catalog_uri)
-        .config(f"{c}.io-impl", "org.apache.iceberg.aws.s3.S3FileIO")
-        .config(f"{c}.s3.endpoint", args.s3_endpoint)
-        .config(f"{c}.s3.path-style-access", "true")
-        .config(f"{c}.client.region", args.s3_region)
-        .config(f"{c}.s3.access-key-id", os.environ["PEERS_S3_ACCESS_KEY_ID"])
-        .config(f"{c}.s3.secret-access-key", os.environ["PEERS_S3_SECRET_ACCESS_KEY"])
-    )
+    """The local session on the stack's REST catalog; the S3 keys and token come from the environment."""
+    catalog = {
+        "type": "rest",
+        "uri": args.catalog_uri,
+        "io-impl": "org.apache.iceberg.aws.s3.S3FileIO",
+        "s3.endpoint": args.s3_endpoint,
+        "s3.path-style-access": "true",
+        "client.region": args.s3_region,
+        "s3.access-key-id": os.environ["PEERS_S3_ACCESS_KEY_ID"],
+        "s3.secret-access-key": os.environ["PEERS_S3_SECRET_ACCESS_KEY"],
+    }
     if os.environ.get("PEERS_CATALOG_TOKEN"):
-        builder = builder.config(f"{c}.token", os.environ["PEERS_CATALOG_TOKEN"])
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
-    return spark
+        catalog["token"] = os.environ["PEERS_CATALOG_TOKEN"]
+    return local_session("lakehouse-peer-spark", args.cores, args.driver_memory, "*.jar", catalog)
 
 
 def bronze_stream(spark, args):

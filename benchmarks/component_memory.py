@@ -25,11 +25,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from sampling import PeriodicSampler, job_of, process_tree, ray_workers, read_processes, read_status
-
-
-def mb(n: float | None) -> float | None:
-    return None if n is None else round(n / 1024**2, 1)
+from sampling import PeriodicSampler, job_of, mb, process_tree, ray_workers, read_processes, read_status
 
 
 # ---- pure: peaks per component ----------------------------------------------------------------------

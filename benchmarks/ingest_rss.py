@@ -38,7 +38,7 @@ from ingest_rate import (  # noqa: E402
     PARTITIONS, ROOT, drop_topic, machine, new_topic, parse_phases, private_lake, produce_backlog,
     run_cli_ingest, summarize_cli, write_result,
 )
-from sampling import job_of, process_tree, ray_workers, read_processes, read_status  # noqa: E402
+from sampling import job_of, mb, process_tree, ray_workers, read_processes, read_status  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "ingest_rss.json"
 TARGET_BYTES = 1.5 * 1024**3
@@ -137,10 +137,6 @@ def _phase_at(log: str, moment: float) -> str | None:
             return f"flow run {run}: {message[:40]}"
         previous = t
     return None if previous is None else "after the last log line"
-
-
-def mb(n: float | int | None) -> float | None:
-    return None if n is None else round(n / 1024**2, 1)
 
 
 def main() -> None:

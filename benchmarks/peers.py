@@ -68,7 +68,7 @@ for p in (str(ROOT), str(BENCH)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from sampling import PeriodicSampler, job_of, process_tree, ray_workers, read_processes, read_status  # noqa: E402
+from sampling import PeriodicSampler, job_of, mb, process_tree, ray_workers, read_processes, read_status  # noqa: E402
 os.environ.setdefault("LAKEHOUSE_CONFIG", str(ROOT / "infra" / "stack.toml"))
 
 RESULT = BENCH / "results" / "peers.json"
@@ -207,12 +207,9 @@ def memory_peaks(samples: list[dict], counted: set[str] | None = None) -> dict:
     def workers(sample: dict) -> int:
         return sum(v for k, v in sample.get("workers", {}).items() if counted is None or k in counted)
 
-    def mb_(n: int) -> float:
-        return round(n / 1024**2, 1)
-
-    return {"process_tree_peak_rss_mb": mb_(max(x["tree"] for x in samples)),
-            "ray_workers_peak_rss_mb": mb_(max(workers(x) for x in samples)),
-            "peak_tree_plus_workers_mb (same instant)": mb_(max(x["tree"] + workers(x) for x in samples)),
+    return {"process_tree_peak_rss_mb": mb(max(x["tree"] for x in samples)),
+            "ray_workers_peak_rss_mb": mb(max(workers(x) for x in samples)),
+            "peak_tree_plus_workers_mb (same instant)": mb(max(x["tree"] + workers(x) for x in samples)),
             "samples": len(samples)}
 
 
@@ -375,6 +372,17 @@ def wait_for_records(catalog, identifier: str, expected: int, timeout: float) ->
 
 # ---- Spark -------------------------------------------------------------------------------------------------
 
+def collect_milestones(lines, events: dict[str, dict]) -> None:
+    """A Spark job's JSON milestone lines (infra/peers/spark_job.say) into ``events`` by name; other
+    lines (Spark's own chatter) are skipped."""
+    for line in lines:
+        try:
+            event = json.loads(line)
+            events[event["event"]] = event
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+
+
 class Spark:
     """infra/peers/spark_stream.py in the peers' virtualenv; its JSON milestone lines are collected."""
 
@@ -398,12 +406,7 @@ class Spark:
         return launched
 
     def _read(self) -> None:
-        for line in self.process.stdout:
-            try:
-                event = json.loads(line)
-                self.events[event["event"]] = event
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
+        collect_milestones(self.process.stdout, self.events)
 
     def wait_for(self, event: str, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
@@ -612,15 +615,7 @@ def run_spark_silver(lake: Path, workdir: Path, interval: float, cores: int, dri
     with open(log, "w") as logf:
         process = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=logf, text=True)
 
-        def read() -> None:
-            for line in process.stdout:
-                try:
-                    event = json.loads(line)
-                    events[event["event"]] = event
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
-
-        reader = threading.Thread(target=read, daemon=True)
+        reader = threading.Thread(target=collect_milestones, args=(process.stdout, events), daemon=True)
         reader.start()
         with sp.Sampler(process.pid, interval) as sampler:
             _, status, _ = os.wait4(process.pid, 0)  # no CPU figure: the JVM is not a child it reaps

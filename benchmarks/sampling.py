@@ -36,6 +36,11 @@ class PeriodicSampler:
         raise NotImplementedError
 
 
+def mb(n: float | int | None) -> float | None:
+    """Bytes as MiB with one decimal, as every benchmark's JSON reports memory; None stays None."""
+    return None if n is None else round(n / 1024**2, 1)
+
+
 # ---- /proc: the process table, a process's memory and its Ray job ---------------------------------------
 
 KB = 1024

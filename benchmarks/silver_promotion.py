@@ -58,7 +58,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from private_lake import file_lake, isolate_prefect  # noqa: E402
-from sampling import PeriodicSampler, job_of, process_tree, ray_workers, read_processes, read_status  # noqa: E402
+from sampling import PeriodicSampler, job_of, mb, process_tree, ray_workers, read_processes, read_status  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "silver_promotion.json"
@@ -78,10 +78,6 @@ def child_env() -> dict[str, str]:
     env["PREFECT_API_URL"] = "http://127.0.0.1:4200/api"
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
-
-
-def mb(n) -> float | None:
-    return None if n is None else round(n / 1024**2, 1)
 
 
 # ---- the stream ------------------------------------------------------------------------------------

@@ -3,9 +3,11 @@
 For each mode, on a private lakehouse of its own (``PrivateLake``: SQLite catalog, ``bench-*``
 buckets on the stack's S3, a ``bench-*`` topic, the stack's Kafka, Ray head and Prefect server,
 commit events isolated from the stack's triggers), a producer thread sends ``--rate`` events/s for
-``--seconds``, starting ``--warmup`` seconds after the mode started (steady state, not start-up). Once a second one of them is a probe: an event of a user id never seen before. A
-poller reads gold.user_activity_summary every second; a probe's latency is from its send to the
-first poll that finds its user (the poll period, ~1 s, is the resolution).
+``--warmup`` + ``--seconds`` from the moment the mode starts. After ``--warmup`` (steady state: the
+process started, warm and caught up, not start-up), once a second one of them is a probe: an event
+of a user id never seen before. A poller reads gold.user_activity_summary every second; a probe's
+latency is from its send to the first poll that finds its user (the poll period, ~1 s, is the
+resolution).
 
 * continuous: `lakehouse serve-continuous` in one long-lived process (flows/continuous.py).
 * scheduled: the deployed path's processes, started here as the worker would start them: every
@@ -65,8 +67,10 @@ def _event(user: str, n: int, occurred: datetime) -> bytes:
     }).encode()
 
 
-def send_steady(settings, rate: int, seconds: float, probes: dict[str, float], stop: threading.Event) -> dict:
-    """``rate`` events/s in 10 slices a second; the first event of every second is a probe."""
+def send_steady(settings, rate: int, seconds: float, probes: dict[str, float], stop: threading.Event,
+                probe_after: float = 0.0) -> dict:
+    """``rate`` events/s in 10 slices a second; from ``probe_after`` seconds on, the first event of
+    every second is a probe."""
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5,
@@ -79,7 +83,7 @@ def send_steady(settings, rate: int, seconds: float, probes: dict[str, float], s
         now = datetime.now(timezone.utc) - timedelta(seconds=1)
         for i in range(per_slice):
             n = sent + i
-            if int(slice_start - began) != second and i == 0:
+            if i == 0 and slice_start - began >= probe_after and int(slice_start - began) != second:
                 second = int(slice_start - began)
                 user = f"probe-{uuid.uuid4().hex[:12]}"
                 probes[user] = time.time()
@@ -250,9 +254,11 @@ def measure(base, mode: str, rate: int, seconds: float, drain: float, commit_sec
         window_start = int(time.time() * 1000)
         runner.start()
         poller.start()
-        time.sleep(warmup)  # steady state: the long-lived process is up (scheduled: its first runs went)
-        print(f"[{mode}] {rate} events/s for {seconds:.0f} s on {settings.kafka_topic} ...", flush=True)
-        sent = send_steady(settings, rate, seconds, probes, stop_send)
+        # Traffic from the start, probes only after ``warmup``: steady state, with the process started,
+        # warm and caught up with what arrived meanwhile (scheduled: its first runs went).
+        print(f"[{mode}] {rate} events/s for {warmup + seconds:.0f} s on {settings.kafka_topic}, probes after "
+              f"{warmup:.0f} s ...", flush=True)
+        sent = send_steady(settings, rate, warmup + seconds, probes, stop_send, probe_after=warmup)
         # the last probes get ``drain`` seconds more to reach gold
         deadline = time.monotonic() + drain
         while time.monotonic() < deadline and len(seen.keys() & probes.keys()) < len(probes):
@@ -329,7 +335,9 @@ def main() -> None:
     parser.add_argument("--drain", type=float, default=90, help="seconds after the traffic for the last probes")
     parser.add_argument("--commit-seconds", type=float, default=5.0, help="continuous mode's time bound")
     parser.add_argument("--modes", default="continuous,scheduled")
-    parser.add_argument("--warmup", type=float, default=30, help="seconds between starting a mode and its traffic")
+    parser.add_argument("--warmup", type=float, default=60,
+                        help="seconds of traffic after starting a mode before the first probe")
+    parser.add_argument("--result", default=None, help=f"JSON to write (default {RESULT.relative_to(ROOT)})")
     args = parser.parse_args()
 
     from benchmarks.private_lake import clear_lakehouse_env
@@ -357,9 +365,10 @@ def main() -> None:
         print(f"{mode:<12}{lat['p50']!s:>8}{lat['p95']!s:>8}{lat['p99']!s:>8}{f['probes_missed']:>8}"
               f"{sum(f['files_per_hour'].values()):>10}{f['pipeline_cpu_cores']:>11}")
     print(f"targets: p50 <= {TARGETS['p50_s']} s, p95 <= {TARGETS['p95_s']} s at {TARGETS['events_per_s']} events/s")
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"wrote {RESULT.relative_to(ROOT)}")
+    out = Path(args.result) if args.result else RESULT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

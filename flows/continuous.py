@@ -2,12 +2,13 @@
 
 One long-running flow run (``continuous-pipeline``, with heartbeats) loops over ingest
 micro-batches, each an ``ingest-bronze`` subflow bounded by ``continuous_commit_seconds`` and
-``continuous_max_records``. A promoter thread in the same process runs ``promote-silver`` and
-then ``build-gold`` as flow runs of their own whenever bronze committed: no interpreter, import or
-Ray connection to start per run. Commits during a promotion only mark the lakehouse dirty
-(``tasks.coalesce``): a burst becomes one more promotion, never a queue. The offsets and
-watermarks stay where they always are, in the Iceberg snapshot summaries, so this mode and the
-scheduled one can take over from each other at any commit.
+``continuous_max_records``. Two threads in the same process run the promotions as flow runs of
+their own: the promoter runs ``promote-silver`` whenever bronze committed, and the builder runs
+``build-gold`` whenever a promotion finished, beside the next promotion rather than after it. No
+interpreter, import or Ray connection to start per run. Commits during a promotion or a build
+only mark the next stage dirty (``tasks.coalesce``): a burst becomes one more run, never a queue.
+The offsets and watermarks stay where they always are, in the Iceberg snapshot summaries, so this
+mode and the scheduled one can take over from each other at any commit.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from flows.silver import silver_flow
 from tasks import warm_actors
 from tasks.bronze_writers import NAME_PREFIX as WRITER_PREFIX
 from tasks.coalesce import Coalescer
+from tasks.lineage.run import completed_in_background
 from tasks.compute import use_ray
 from tasks.offsets import OffsetsOutOfRangeError
+from tasks.quality.steps import prewarm as prewarm_quality
 from tasks.settings import Settings, load_settings
 from tasks.tables import SILVER_DIM_USERS
 
@@ -41,24 +44,34 @@ def request_stop() -> None:
 @flow(name="continuous-pipeline", log_prints=False)
 def continuous_flow(run_seconds: Optional[float] = None, settings: Optional[Settings] = None) -> dict:
     """Ingest and promote until ``run_seconds`` pass (None: forever) or ``request_stop``; then
-    promote what is left once more. Returns the counts of commits and promotions."""
+    promote what is left once more. Returns the counts of commits and promotions (silver's at the
+    top, gold's under ``gold``)."""
     logger = get_run_logger()
     settings = settings or load_settings()
     stop = _STOP
     stop.clear()
     use_ray(settings)  # once, before the threads: Daft's runner can be chosen only once per process
-    coalescer = Coalescer()
-    promoter = threading.Thread(target=_promote_forever, args=(settings, coalescer, stop, logger),
+    prewarm_quality(settings)  # GX's import (seconds) now, not in the first promotion after traffic
+    to_silver, to_gold = Coalescer(), Coalescer()
+    silver_done = threading.Event()
+    promoter = threading.Thread(target=_promote_forever, args=(settings, to_silver, to_gold, stop, silver_done, logger),
                                 name="lakehouse-promoter", daemon=True)
-    promoter.start()
+    builder = threading.Thread(target=_build_gold_forever, args=(settings, to_gold, silver_done, logger),
+                               name="lakehouse-gold", daemon=True)
     totals = {"batches": 0, "records": 0}
-    try:
-        _ingest_forever(settings, coalescer, stop, run_seconds, totals, logger)
-    finally:
-        stop.set()
-        coalescer.wake()  # the promoter promotes what is left, then returns
-        promoter.join()
-    result = {**totals, **coalescer.stats.as_dict()}
+    with completed_in_background():
+        promoter.start()
+        builder.start()
+        try:
+            _ingest_forever(settings, to_silver, stop, run_seconds, totals, logger)
+        finally:
+            stop.set()
+            to_silver.wake()  # the promoter promotes what is left, then the builder builds it, and both return
+            promoter.join()
+            builder.join()
+    gold = to_gold.stats.as_dict()
+    result = {**totals, **to_silver.stats.as_dict(), "gold": gold}
+    result["failures"] += gold["failures"]
     logger.info("continuous mode stopped: %s", result)
     return result
 
@@ -96,26 +109,52 @@ def _ingest_forever(settings: Settings, coalescer: Coalescer, stop: threading.Ev
             stop.wait(max(0.0, interval - (time.monotonic() - began)))
 
 
-def _promote_forever(settings: Settings, coalescer: Coalescer, stop: threading.Event, logger) -> None:
-    """Silver then gold, once per wake-up however many commits woke it. Every
-    ``continuous_safety_seconds`` a promotion runs anyway (commits by other processes)."""
+def _promote_forever(settings: Settings, to_silver: Coalescer, to_gold: Coalescer, stop: threading.Event,
+                     silver_done: threading.Event, logger) -> None:
+    """Silver once per wake-up however many bronze commits woke it; each promotion that committed
+    dim_users (the last commit of a promotion) wakes the gold builder, which runs beside the next
+    promotion rather than after it. Every ``continuous_safety_seconds`` a promotion runs anyway
+    (commits by other processes)."""
     safety = settings.continuous_safety_seconds
-    gold_behind = False
-    while True:
-        commits = coalescer.take(0 if stop.is_set() else safety)
-        if stop.is_set() and not commits:
-            return
-        coalescer.started(commits)
-        try:
-            silver = silver_flow(settings=settings)
-            gold_behind = gold_behind or SILVER_DIM_USERS.identifier in silver.get("committed", {})
-            if gold_behind or not commits:  # no commits: the safety tick, which also catches gold up
-                gold_flow(settings=settings)
-                gold_behind = False
-        except Exception:  # noqa: BLE001 - the flow run is Failed in the UI; the next wake-up retries
-            coalescer.failed()
-            logger.exception("promotion failed; retrying after the next commit or in %.0f s", safety)
-            if stop.is_set():
+    try:
+        while True:
+            commits = to_silver.take(0 if stop.is_set() else safety)
+            if stop.is_set() and not commits:
                 return
-            stop.wait(min(safety, 10.0))
-            coalescer.wake()  # and try again at once, as a safety tick
+            to_silver.started(commits)
+            try:
+                silver = silver_flow(settings=settings)
+                if SILVER_DIM_USERS.identifier in silver.get("committed", {}):
+                    to_gold.mark()
+            except Exception:  # noqa: BLE001 - the flow run is Failed in the UI; the next wake-up retries
+                to_silver.failed()
+                logger.exception("silver promotion failed; retrying after the next commit or in %.0f s", safety)
+                if stop.is_set():
+                    return
+                stop.wait(min(safety, 10.0))
+                to_silver.wake()  # and try again at once, as a safety tick
+    finally:
+        silver_done.set()
+        to_gold.wake()
+
+
+def _build_gold_forever(settings: Settings, to_gold: Coalescer, silver_done: threading.Event, logger) -> None:
+    """Gold once per wake-up however many silver promotions woke it (a burst of them is one
+    build from the newest); every ``continuous_safety_seconds`` a build runs anyway, which also
+    catches gold up after a failed build. Returns after the promoter's last promotion is built."""
+    safety = settings.continuous_safety_seconds
+    while True:
+        final = silver_done.is_set()
+        commits = to_gold.take(0 if final else safety)
+        if final and not commits:
+            return
+        to_gold.started(commits)
+        try:
+            gold_flow(settings=settings)
+        except Exception:  # noqa: BLE001 - the flow run is Failed in the UI; the next wake-up retries
+            to_gold.failed()
+            logger.exception("gold build failed; retrying after the next promotion or in %.0f s", safety)
+            if silver_done.is_set():
+                return
+            silver_done.wait(min(safety, 10.0))
+            to_gold.wake()

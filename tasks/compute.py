@@ -14,6 +14,7 @@ from pathlib import Path
 from tasks.settings import Settings
 
 _configured: str | None = None
+_daft_started = False  # start_daft_workers ran its job in this process
 
 
 def ray_temp_root(settings: Settings) -> Path:
@@ -96,12 +97,18 @@ def use_ray(settings: Settings) -> str:
 
 
 def start_daft_workers() -> None:
-    """Run a one-row Daft job now. On Ray, a driver's first Daft job starts Daft's actors (about
-    3 s on two cores), so a flow calls this while its planning task reads metadata rather than
-    paying it inside its first real job."""
+    """Run a one-row Daft job now, once per process. On Ray, a driver's first Daft job starts
+    Daft's actors (about 3 s on two cores), so a flow calls this while its planning task reads
+    metadata rather than paying it inside its first real job. Later flows of a long-lived process
+    (continuous mode) find the actors up: another job would only add a Ray job's overhead, which
+    measured 2–3 s per gold build on a loaded box."""
+    global _daft_started
+    if _daft_started:
+        return
     import daft
 
     daft.from_pydict({"warm": [1]}).select(daft.col("warm") + 1).to_pydict()
+    _daft_started = True
 
 
 def plan_while_ray_starts(settings: Settings, plan_task, *args, daft_workers: bool = True):

@@ -11,7 +11,9 @@ import inspect
 import sys
 import time
 import uuid
-from typing import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Callable, Iterator, Mapping, Sequence
 
 from tasks.commits import RUN_ID_KEY
 from tasks.lineage.emit import append_audit, deliver, run_logger
@@ -229,6 +231,28 @@ class FlowLineage:
         return f"iceberg+{uri.scheme}://{uri.hostname}{f':{uri.port}' if uri.port else ''}"
 
 
+_deferred: ThreadPoolExecutor | None = None  # set by ``completed_in_background``
+
+
+@contextmanager
+def completed_in_background() -> Iterator[None]:
+    """Within it, a flow's COMPLETE event (read its snapshots and quality rows, send, append to
+    audit.lineage_events) is sent by one background thread, in order, after the flow returns,
+    rather than before: continuous mode runs a flow every few seconds, and each would wait a
+    second or so for its own lineage. Leaving it waits until every pending event is sent. START
+    and FAIL stay in the flow."""
+    global _deferred
+    if _deferred is not None:  # nested: the outer one drains
+        yield
+        return
+    _deferred = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lineage")
+    try:
+        yield
+    finally:
+        pool, _deferred = _deferred, None
+        pool.shutdown(wait=True)
+
+
 def emits_lineage(job: str, role: S3Role) -> Callable:
     """Put under ``@flow``: START, then COMPLETE with the outputs of the report the flow returns,
     or FAIL with the exception (which is re-raised as it was)."""
@@ -249,7 +273,10 @@ def emits_lineage(job: str, role: S3Role) -> Callable:
             except BaseException as exc:
                 lineage.fail(exc)
                 raise
-            lineage.complete(report)
+            if _deferred is not None:  # continuous mode: the next run need not wait for this one's reads and audit commit
+                _deferred.submit(lineage.complete, report)
+            else:
+                lineage.complete(report)
             return report
 
         try:  # Prefect resolves string annotations in the wrapper's module: give it the flow's, evaluated

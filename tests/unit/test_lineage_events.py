@@ -225,3 +225,35 @@ def test_a_backend_that_is_down_never_fails_the_flow(tmp_path):
     assert works(settings=settings) == {"committed": {}}
     spool = spool_path(settings)
     assert [json.loads(line)["eventType"] for line in spool.read_text().splitlines()] == ["START", "COMPLETE"]
+
+
+def test_in_the_background_complete_follows_the_flow_in_order_and_leaving_sends_every_event(tmp_path, monkeypatch):
+    """Continuous mode's ``completed_in_background``: the flow returns before its COMPLETE is sent
+    (here: held back until the test releases it), events stay in run order, and leaving the block
+    waits for them all."""
+    from tasks.lineage import run
+
+    settings = _settings(tmp_path)
+    release = threading.Event()
+    complete = run.FlowLineage.complete
+
+    def held_complete(self, report):
+        release.wait(10)
+        complete(self, report)
+
+    monkeypatch.setattr(run.FlowLineage, "complete", held_complete)
+
+    @emits_lineage("a-flow", "silver")
+    def works(settings=None):
+        return {"committed": {}}
+
+    path = settings.state_dir / "lineage" / "events.jsonl"
+    with run.completed_in_background():
+        assert works(settings=settings) == {"committed": {}}
+        assert works(settings=settings) == {"committed": {}}
+        assert [json.loads(line)["eventType"] for line in path.read_text().splitlines()] == ["START", "START"]
+        threading.Timer(0.2, release.set).start()
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [e["eventType"] for e in events] == ["START", "START", "COMPLETE", "COMPLETE"]
+    assert [e["run"]["runId"] for e in events[2:]] == [e["run"]["runId"] for e in events[:2]]
+    assert run._deferred is None  # outside the block, COMPLETE is sent in the flow again

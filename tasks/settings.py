@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     continuous_safety_seconds: float = Field(60.0, gt=0, description="continuous mode: a promotion at least this often even without a commit of its own (commits by other processes)")
 
     silver_max_value_bytes: int = Field(1024 * 1024, ge=1024, description="bronze values larger than this are quarantined as OVERSIZED")
-    silver_max_batch_records: int = Field(1_000_000, ge=1, description="a silver promotion takes at most this many bronze records (whole bronze snapshots; one larger snapshot goes alone) and loops until caught up, so memory follows the bound, not the backlog")
+    silver_max_batch_records: int = Field(500_000, ge=1, description="a silver promotion takes at most this many bronze records (whole bronze snapshots; one larger snapshot goes alone) and loops until caught up, so memory follows the bound, not the backlog")
     silver_max_batch_bytes: int = Field(512 * 1024 * 1024, ge=1024 * 1024, description="a silver promotion takes at most this many bytes of bronze data files (whole bronze snapshots; one larger snapshot goes alone)")
 
     # Data quality (tasks/quality/): suites of expectations with a severity each, results in audit.dq_results

@@ -105,4 +105,4 @@ def test_batch_bounds_default_to_a_million_records_and_512_mib(monkeypatch, tmp_
         monkeypatch.delenv(name)
     monkeypatch.setenv("LAKEHOUSE_STATE_DIR", str(tmp_path / "state"))
     settings = load_settings()
-    assert (settings.silver_max_batch_records, settings.silver_max_batch_bytes) == (1_000_000, 512 * 1024 * 1024)
+    assert (settings.silver_max_batch_records, settings.silver_max_batch_bytes) == (500_000, 512 * 1024 * 1024)

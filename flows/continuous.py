@@ -113,26 +113,14 @@ def _promote_forever(settings: Settings, to_silver: Coalescer, to_gold: Coalesce
                      silver_done: threading.Event, logger) -> None:
     """Silver once per wake-up however many bronze commits woke it; each promotion that committed
     dim_users (the last commit of a promotion) wakes the gold builder, which runs beside the next
-    promotion rather than after it. Every ``continuous_safety_seconds`` a promotion runs anyway
-    (commits by other processes)."""
-    safety = settings.continuous_safety_seconds
+    promotion rather than after it."""
+    def promote() -> None:
+        silver = silver_flow(settings=settings)
+        if SILVER_DIM_USERS.identifier in silver.get("committed", {}):
+            to_gold.mark()
+
     try:
-        while True:
-            commits = to_silver.take(0 if stop.is_set() else safety)
-            if stop.is_set() and not commits:
-                return
-            to_silver.started(commits)
-            try:
-                silver = silver_flow(settings=settings)
-                if SILVER_DIM_USERS.identifier in silver.get("committed", {}):
-                    to_gold.mark()
-            except Exception:  # noqa: BLE001 - the flow run is Failed in the UI; the next wake-up retries
-                to_silver.failed()
-                logger.exception("silver promotion failed; retrying after the next commit or in %.0f s", safety)
-                if stop.is_set():
-                    return
-                stop.wait(min(safety, 10.0))
-                to_silver.wake()  # and try again at once, as a safety tick
+        _run_when_woken(settings, to_silver, promote, stop, "silver promotion", logger)
     finally:
         silver_done.set()
         to_gold.wake()
@@ -140,21 +128,27 @@ def _promote_forever(settings: Settings, to_silver: Coalescer, to_gold: Coalesce
 
 def _build_gold_forever(settings: Settings, to_gold: Coalescer, silver_done: threading.Event, logger) -> None:
     """Gold once per wake-up however many silver promotions woke it (a burst of them is one
-    build from the newest); every ``continuous_safety_seconds`` a build runs anyway, which also
-    catches gold up after a failed build. Returns after the promoter's last promotion is built."""
+    build from the newest). Returns after the promoter's last promotion is built."""
+    _run_when_woken(settings, to_gold, lambda: gold_flow(settings=settings), silver_done, "gold build", logger)
+
+
+def _run_when_woken(settings: Settings, signals: Coalescer, run, until: threading.Event, what: str, logger) -> None:
+    """``run()`` once per wake-up of ``signals`` however many marks woke it, and every
+    ``continuous_safety_seconds`` anyway (commits by other processes; it also catches up after a
+    failure). Once ``until`` is set, runs for what is still marked, then returns. A failed run is
+    Failed in the UI; it is retried after the next mark or within 10 s."""
     safety = settings.continuous_safety_seconds
     while True:
-        final = silver_done.is_set()
-        commits = to_gold.take(0 if final else safety)
-        if final and not commits:
+        commits = signals.take(0 if until.is_set() else safety)
+        if until.is_set() and not commits:
             return
-        to_gold.started(commits)
+        signals.started(commits)
         try:
-            gold_flow(settings=settings)
+            run()
         except Exception:  # noqa: BLE001 - the flow run is Failed in the UI; the next wake-up retries
-            to_gold.failed()
-            logger.exception("gold build failed; retrying after the next promotion or in %.0f s", safety)
-            if silver_done.is_set():
+            signals.failed()
+            logger.exception("%s failed; retrying after the next signal or in %.0f s", what, min(safety, 10.0))
+            if until.is_set():
                 return
-            silver_done.wait(min(safety, 10.0))
-            to_gold.wake()
+            until.wait(min(safety, 10.0))
+            signals.wake()  # and try again at once, as a safety tick

@@ -12,9 +12,13 @@ export DOCKER_CONFIG := $(CURDIR)/.lakehouse/docker
 
 .PHONY: install demo up down status test unit bench compose chromium peers bench-peers
 
-install:  ## uv (if missing) and the locked Python environment
+# Bytecode is compiled at install (the first time ~30 s, then ~1 s): where PYTHONDONTWRITEBYTECODE
+# is set (as on this machine) Python never caches it, and every process (each flow run, Ray worker,
+# test subprocess) compiled its imports from source again, ~7 s of CPU each.
+install:  ## uv (if missing), the locked Python environment, its bytecode
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q "uv==$(UV_VERSION)"
-	@$(UV) sync --frozen
+	@$(UV) sync --frozen --compile-bytecode
+	@$(UV) run --frozen python -m compileall -q flows tasks infra deployments benchmarks >/dev/null
 
 demo: install  ## the main job: stack, deployments, traffic, ingest → silver → gold through Prefect (embedded profile)
 	LAKEHOUSE_CONFIG= $(UV) run lakehouse demo
@@ -43,11 +47,13 @@ chromium:  ## Debian's Chromium for the Prefect UI test (skipped when it cannot 
 # The stack tests share one stack, started here (and stopped after, unless it was already up): those
 # that do not need it to themselves run in two processes (a test spends much of its time waiting on
 # a service), then the `exclusive` ones alone (tests/conftest.py lists them).
+# The stack starts while the unit tier runs (those tests use no service): its log is printed after.
 STACK_TESTS := tests/contract tests/e2e tests/integration
 test: install compose chromium  ## unit, contract, integration and end-to-end tests; starts the stack itself
-	$(UV) run pytest tests/unit
-	@was_up=0; $(UV) run lakehouse stack status >/dev/null 2>&1 && was_up=1; \
-	$(UV) run lakehouse stack up || exit 1; rc=0; \
+	@was_up=0; $(UV) run lakehouse stack status >/dev/null 2>&1 && was_up=1; rc=0; log=$$(mktemp); \
+	$(UV) run lakehouse stack up > $$log 2>&1 & up=$$!; \
+	$(UV) run pytest tests/unit || rc=$$?; \
+	wait $$up; up_rc=$$?; cat $$log; rm -f $$log; [ $$up_rc = 0 ] || exit 1; \
 	LAKEHOUSE_KEEP_STACK=1 $(UV) run pytest -n 2 --dist loadfile -m "not exclusive" --durations=15 $(STACK_TESTS) || rc=$$?; \
 	LAKEHOUSE_KEEP_STACK=1 $(UV) run pytest -m exclusive --durations=10 $(STACK_TESTS) || rc=$$?; \
 	[ $$was_up = 1 ] || $(UV) run lakehouse stack down; exit $$rc

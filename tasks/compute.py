@@ -37,7 +37,12 @@ def ray_client_env(settings: Settings, create: bool = False) -> dict[str, str]:
       routable address and opens the GCS, raylet and every worker's port on it
       (``ray._private.services.get_node_ip_address``). Only ``stack_allow_remote_bind`` turns
       it back on;
-    - RAY_TMPDIR (``ray_temp_root``).
+    - RAY_TMPDIR (``ray_temp_root``);
+    - RAY_ENABLE_UV_RUN_RUNTIME_ENV=0 on one machine: a driver under `uv run` (a CLI command, the
+      tests) otherwise makes Ray start each of its job's workers through `uv run` in a copy of the
+      project (a venv of its own, and 2–4 s of CPU for uv's check per worker), where the head's own
+      workers already run in this project's environment. Only ``stack_allow_remote_bind`` (other
+      nodes, which need the environment shipped) keeps Ray's default.
     ``create``: make the private folders and the token if missing (the head, the in-process
     cluster), where a client only points at them."""
     from tasks.stack_secrets import private_folder, ray_token_path, write_private
@@ -47,6 +52,7 @@ def ray_client_env(settings: Settings, create: bool = False) -> dict[str, str]:
         "RAY_AUTH_MODE": settings.ray_auth_mode,
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1" if settings.stack_allow_remote_bind else "0",
         "RAY_TMPDIR": str(root),
+        "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "1" if settings.stack_allow_remote_bind else "0",
     }
     if create:
         private_folder(root)
@@ -72,8 +78,9 @@ def use_ray(settings: Settings) -> str:
     import ray
     import ray._private.ray_constants as ray_constants
 
-    # already imported (a test session, a notebook): the one constant it read at import
+    # already imported (a test session, a notebook): the constants it read at import
     ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "1"
+    ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] == "1"
 
     if settings.ray_address:
         ray.init(address=settings.ray_address, ignore_reinit_error=True, log_to_driver=False)

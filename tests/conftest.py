@@ -29,7 +29,17 @@ def _stack_client_env() -> None:
             os.environ.setdefault(key, value)
 
 
-_stack_client_env()
+def _unit_only(args: list[str], cwd: Path) -> bool:
+    """Every path asked for is in the unit tier (`make test` runs it while `stack up` makes the
+    stack's secrets: generating them here too could race it and write other values)."""
+    unit = ROOT / "tests" / "unit"
+    paths = [(cwd / arg.split("::")[0]).resolve() for arg in args if not arg.startswith("-")]
+    return bool(paths) and all(path == unit or unit in path.parents for path in paths)
+
+
+def pytest_configure(config):
+    if not _unit_only(config.args, Path(config.invocation_params.dir)):
+        _stack_client_env()
 
 
 # Modules that disturb the Ray cluster run last, in this order: the two-node test takes a second

@@ -118,27 +118,44 @@ def test_rest_catalog_gone_during_an_ingest_commit(private_stack, monkeypatch):
     _verified(private_stack)
 
 
+@pytest.fixture(scope="module")
+def silver_clean(stack_settings, tmp_path_factory):
+    """One topic of known records for both silver cases, and the silver a clean lakehouse makes of
+    it (computed once: it does not depend on the case)."""
+    from flows.ingest import ingest_flow
+    from flows.silver import silver_flow
+
+    topic = f"it-svc-{uuid.uuid4().hex[:8]}"
+    clean = s3_lake(stack_settings, tmp_path_factory.mktemp("svcclean"), "faults-clean", topic)
+    sent = produce(clean, TrafficProfile(events=3000, seed=41, duplicate_rate=0.05, malformed_rate=0.02,
+                                         late_rate=0.02, end=RECENT))
+    assert ingest_flow(settings=clean, max_batches=50)["lag_left"] == 0
+    silver_flow(settings=clean)
+    return topic, sent.events, _silver_state(clean)
+
+
 @pytest.mark.parametrize("service,point", [("seaweedfs", "rejected-committed"), ("prefect", "rejected-committed")])
-def test_storage_or_prefect_gone_during_a_silver_promotion(lake, stack_settings, tmp_path, monkeypatch, service, point):
+def test_storage_or_prefect_gone_during_a_silver_promotion(silver_clean, stack_settings, tmp_path, monkeypatch,
+                                                           service, point):
     from flows.ingest import ingest_flow
     import flows.silver as silver
 
-    clean = s3_lake(stack_settings, tmp_path, "faults-clean", lake.kafka_topic)
-    sent = produce(lake, TrafficProfile(events=3000, seed=41, duplicate_rate=0.05, malformed_rate=0.02,
-                                        late_rate=0.02, end=RECENT))
-    for settings in (lake, clean):
-        assert ingest_flow(settings=settings, max_batches=50)["lag_left"] == 0
+    topic, events, clean_state = silver_clean
     stack = Stack(stack_settings)
-    fired = _fault_at(monkeypatch, silver, point, _down_then_up(stack, service, 3.0))
-    _run_through(lambda: silver.silver_flow(settings=lake))
-    assert fired == [point]
-    monkeypatch.undo()
-    stack.up([service])
-    silver.silver_flow(settings=lake)
-    silver.silver_flow(settings=clean)
-    assert _silver_state(lake) == _silver_state(clean)
-    assert len(_silver_state(lake)["facts"]) <= sent.events
-    _verified(lake)
+    lake = s3_lake(stack_settings, tmp_path, "faults", topic)
+    try:
+        assert ingest_flow(settings=lake, max_batches=50)["lag_left"] == 0
+        fired = _fault_at(monkeypatch, silver, point, _down_then_up(stack, service, 3.0))
+        _run_through(lambda: silver.silver_flow(settings=lake))
+        assert fired == [point]
+        monkeypatch.undo()
+        stack.up([service])
+        silver.silver_flow(settings=lake)
+        assert _silver_state(lake) == clean_state
+        assert len(clean_state["facts"]) <= events
+        _verified(lake)
+    finally:
+        stack.up()  # whatever the test stopped is back for the next one
 
 
 def test_prefect_restarted_during_a_gold_build(lake, stack_settings, tmp_path, monkeypatch):

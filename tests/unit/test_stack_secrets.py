@@ -119,6 +119,7 @@ def test_ray_environment_keeps_ray_on_loopback_in_a_private_folder(tmp_path):
     env = ray_client_env(short)
     assert env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0" and env["RAY_AUTH_MODE"] == "token"
     assert env["RAY_TMPDIR"] == "/tmp/lh/run"
+    assert env["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] == "0"  # workers run in this environment, not a uv copy
     deep = tmp_path / ("x" * 80) / "state"
     s = load_settings(None, state_dir=str(deep))
     env = ray_client_env(s, create=True)
@@ -130,6 +131,7 @@ def test_ray_environment_keeps_ray_on_loopback_in_a_private_folder(tmp_path):
     assert token.is_file() and _mode(token) == 0o600 and str(token).startswith(str(deep))
     opted = ray_client_env(s.model_copy(update={"stack_allow_remote_bind": True}))
     assert opted["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "1"
+    assert opted["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] == "1"  # other nodes need the environment shipped
 
 
 def test_clients_carry_the_prefect_and_catalog_credentials(tmp_path):

@@ -28,10 +28,16 @@ RECENT = datetime.now(timezone.utc)
 
 
 @pytest.fixture
-def lake(stack_settings, tmp_path):
+def stack(stack_settings):
+    """The stack, with whatever a test stopped back for the next one."""
+    yield Stack(stack_settings)
+    Stack(stack_settings).up()
+
+
+@pytest.fixture
+def lake(stack_settings, stack, tmp_path):
     """A private lakehouse on the stack's services: its own SQLite catalog, buckets and topic."""
-    yield s3_lake(stack_settings, tmp_path, "faults", f"it-svc-{uuid.uuid4().hex[:8]}")
-    Stack(stack_settings).up()  # whatever a test stopped is back for the next one
+    return s3_lake(stack_settings, tmp_path, "faults", f"it-svc-{uuid.uuid4().hex[:8]}")
 
 
 def _fault_at(monkeypatch, module, point: str, action) -> list[str]:
@@ -135,27 +141,23 @@ def silver_clean(stack_settings, tmp_path_factory):
 
 
 @pytest.mark.parametrize("service,point", [("seaweedfs", "rejected-committed"), ("prefect", "rejected-committed")])
-def test_storage_or_prefect_gone_during_a_silver_promotion(silver_clean, stack_settings, tmp_path, monkeypatch,
+def test_storage_or_prefect_gone_during_a_silver_promotion(silver_clean, stack, stack_settings, tmp_path, monkeypatch,
                                                            service, point):
     from flows.ingest import ingest_flow
     import flows.silver as silver
 
     topic, events, clean_state = silver_clean
-    stack = Stack(stack_settings)
     lake = s3_lake(stack_settings, tmp_path, "faults", topic)
-    try:
-        assert ingest_flow(settings=lake, max_batches=50)["lag_left"] == 0
-        fired = _fault_at(monkeypatch, silver, point, _down_then_up(stack, service, 3.0))
-        _run_through(lambda: silver.silver_flow(settings=lake))
-        assert fired == [point]
-        monkeypatch.undo()
-        stack.up([service])
-        silver.silver_flow(settings=lake)
-        assert _silver_state(lake) == clean_state
-        assert len(clean_state["facts"]) <= events
-        _verified(lake)
-    finally:
-        stack.up()  # whatever the test stopped is back for the next one
+    assert ingest_flow(settings=lake, max_batches=50)["lag_left"] == 0
+    fired = _fault_at(monkeypatch, silver, point, _down_then_up(stack, service, 3.0))
+    _run_through(lambda: silver.silver_flow(settings=lake))
+    assert fired == [point]
+    monkeypatch.undo()
+    stack.up([service])
+    silver.silver_flow(settings=lake)
+    assert _silver_state(lake) == clean_state
+    assert len(clean_state["facts"]) <= events
+    _verified(lake)
 
 
 def test_prefect_restarted_during_a_gold_build(lake, stack_settings, tmp_path, monkeypatch):
